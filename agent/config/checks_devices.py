@@ -34,7 +34,7 @@ def _amps(value: float) -> str:
     return f"{value:g} A"
 
 
-@check("ids of buses, devices and circuits are non-empty, unique and made of letters, digits, '-', '_', '.'")
+@check("The ids of buses, devices and circuits are non-empty, unique and made of letters, digits, '-', '_', '.'")
 def ids_unique(ctx: Ctx) -> None:
     lists = (
         (("buses",), ctx.cfg.buses, "bus"),
@@ -56,7 +56,7 @@ def ids_unique(ctx: Ctx) -> None:
                 first[item.id] = i
 
 
-@check("a device's bus exists, and its unit id is 1..247 on an RS-485 (rtu) bus")
+@check("A device's bus exists, and its unit id is 1..247 on an RS-485 (rtu) bus")
 def device_bus(ctx: Ctx) -> None:
     buses = {b.id: b for b in ctx.cfg.buses}
     for i, d in enumerate(ctx.cfg.devices):
@@ -70,7 +70,7 @@ def device_bus(ctx: Ctx) -> None:
                       uses=[_dev(i, "bus")])
 
 
-@check("unit ids are unique per bus, except connectors of one multi-connector charger "
+@check("Unit ids are unique per bus, except connectors of one multi-connector charger "
        "(same profile and unit id, different connector_index)")
 def unit_ids_unique(ctx: Ctx) -> None:
     seen: dict[tuple[str, int], list[int]] = {}
@@ -102,7 +102,7 @@ def unit_ids_unique(ctx: Ctx) -> None:
         seen.setdefault(key, []).append(i)
 
 
-@check("a device's profile exists, is a meter for meter roles and a charger for chargers, "
+@check("A device's profile exists, is a meter for meter roles and a charger for chargers, "
        "and supports the bus type")
 def device_profile(ctx: Ctx) -> None:
     if ctx.profiles is None:
@@ -130,7 +130,7 @@ def device_profile(ctx: Ctx) -> None:
                       f'{listing(prof.transports)})', uses=[_dev(i, "profile"), ("buses",)])
 
 
-@check("at most one grid meter")
+@check("At most one grid meter")
 def one_grid_meter(ctx: Ctx) -> None:
     first = None
     for i, d in enumerate(ctx.cfg.devices):
@@ -143,7 +143,7 @@ def one_grid_meter(ctx: Ctx) -> None:
                                        "a site has at most one: make the others sub_meter")
 
 
-@check("charger connector ids are 1, 2, ... and unique (gaps are a warning)")
+@check("Charger connector ids are 1, 2, ... and unique (gaps are a warning)")
 def connector_ids(ctx: Ctx) -> None:
     first: dict[int, int] = {}
     for i, d in enumerate(ctx.cfg.devices):
@@ -166,7 +166,7 @@ def connector_ids(ctx: Ctx) -> None:
         ctx.warn(("devices",), "no charger configured")
 
 
-@check("a charger's wiring lists exactly `phases` site phases from L1/L2/L3 without repeats")
+@check("A charger's wiring lists exactly `phases` site phases from L1/L2/L3 without repeats")
 def wiring(ctx: Ctx) -> None:
     for i, d in enumerate(ctx.cfg.devices):
         if d.role != "charger":
@@ -191,7 +191,7 @@ def wiring(ctx: Ctx) -> None:
                       uses=[_dev(i, "phases")])
 
 
-@check("min_current <= max_current <= the profile's maximum; fixed_current is 0 or within min..max; "
+@check("Charger currents: min_current <= max_current <= the profile's maximum; fixed_current is 0 or within min..max; "
        "failsafe_current <= max_current")
 def currents(ctx: Ctx) -> None:
     for i, d in enumerate(ctx.cfg.devices):
@@ -215,7 +215,7 @@ def currents(ctx: Ctx) -> None:
                                               f"supports ({_amps(prof.max_current)})", uses=[_dev(i, "profile")])
 
 
-@check("a charger's failsafe_timeout is longer than the poll interval (a warning below 3 polls)")
+@check("A charger's failsafe_timeout is longer than the poll interval (a warning below 3 polls)")
 def failsafe_timeout(ctx: Ctx) -> None:
     poll = ctx.cfg.site.poll_interval
     for i, d in enumerate(ctx.cfg.devices):
@@ -230,7 +230,7 @@ def failsafe_timeout(ctx: Ctx) -> None:
                            "sends the charger to its failsafe current", uses=uses)
 
 
-@check("a charger's circuit exists and its meter is a sub_meter")
+@check("A charger's circuit exists and its meter is a sub_meter")
 def references(ctx: Ctx) -> None:
     circuits = [c.id for c in ctx.cfg.limits.circuits]
     devices = {d.id: d for d in ctx.cfg.devices}
@@ -248,7 +248,7 @@ def references(ctx: Ctx) -> None:
                 ctx.error(_dev(i, "meter"), f'device "{d.meter}" is a {meter.role or "device"}, not a sub_meter')
 
 
-@check("phase switching only on 3-phase chargers whose profile can switch; free_charging_tag at most 20 characters")
+@check("Phase switching only on 3-phase chargers whose profile can switch; free_charging_tag at most 20 characters")
 def charger_extras(ctx: Ctx) -> None:
     for i, d in enumerate(ctx.cfg.devices):
         if d.role != "charger":
@@ -266,7 +266,7 @@ def charger_extras(ctx: Ctx) -> None:
                       f"must be at most {ID_TAG_MAX} characters (an OCPP idTag), got {len(d.free_charging_tag)}")
 
 
-@check("charger-only keys on a meter are flagged as ignored (warning)")
+@check("Charger-only keys on a meter are flagged as ignored (warning)")
 def meter_keys(ctx: Ctx) -> None:
     if ctx.given is None:
         return

@@ -29,7 +29,7 @@ def _bus(i: int, key: str | None = None) -> tuple:
     return ("buses", i) if key is None else ("buses", i, key)
 
 
-@check("an rtu bus has a serial port path, a tcp bus a host (and a port 1..65535 or none for 502); "
+@check("An rtu bus has a serial port path, a tcp bus a host (and a port 1..65535 or none for 502); "
        "no two buses share a serial port")
 def bus_endpoints(ctx: Ctx) -> None:
     ports: dict[str, int] = {}
@@ -68,7 +68,7 @@ def bus_endpoints(ctx: Ctx) -> None:
                     ctx.warn(_bus(i, key), "only applies to rtu buses; ignored on a tcp bus", uses=uses)
 
 
-@check("a bus's gap is shorter than its timeout, every bus has devices, and one round of "
+@check("A bus's gap is shorter than its timeout, every bus has devices, and one round of "
        "requests on an RS-485 bus fits in the poll interval (warnings)")
 def bus_timing(ctx: Ctx) -> None:
     poll = ctx.cfg.site.poll_interval
@@ -104,7 +104,7 @@ def _fuse_ok(ctx: Ctx, path: tuple, value: float | list[float]) -> bool:
     return True
 
 
-@check("fuse ratings are one positive number or [L1, L2, L3]; failsafe_amps is below the site fuse; "
+@check("Fuse ratings are one positive number or [L1, L2, L3]; failsafe_amps is below the site fuse; "
        "grid_stale_after covers at least 2 polls")
 def limits(ctx: Ctx) -> None:
     lim = ctx.cfg.limits
@@ -121,7 +121,7 @@ def limits(ctx: Ctx) -> None:
                   "or the grid meter counts as stale between polls", uses=[("site", "poll_interval")])
 
 
-@check("circuit parents exist and form a tree (no cycles); a circuit fuse above its parent's is a warning")
+@check("Circuit parents exist and form a tree (no cycles); a circuit fuse above its parent's is a warning")
 def circuits(ctx: Ctx) -> None:
     items = ctx.cfg.limits.circuits
     by_id = {c.id: c for c in items}
@@ -160,7 +160,7 @@ def _fmt(triple: tuple[float, float, float]) -> str:
     return f"{triple[0]:g}" if len(set(triple)) == 1 else "/".join(f"{v:g}" for v in triple)
 
 
-@check("the uplink URL is ws:// or wss:// with a host and no credentials, required with station_id when "
+@check("The uplink URL is ws:// or wss:// with a host and no credentials, required with station_id when "
        "enabled; station_id is 1..48 URL-safe characters; security profiles 2/3 use wss, 1/2 have a "
        "password_file, 3 has client_cert and client_key")
 def uplink(ctx: Ctx) -> None:
@@ -245,7 +245,7 @@ def _files(ctx: Ctx) -> None:
             ctx.warn(path, f"{name} is not readable by this user")
 
 
-@check("reconnect backoff_initial <= backoff_max; the dim contact is a GPIO name like GPIO17")
+@check("The uplink's backoff_initial <= backoff_max; the dim contact is a GPIO name like GPIO17")
 def timing_and_gpio(ctx: Ctx) -> None:
     up = ctx.cfg.uplink
     if up.backoff_initial > up.backoff_max:
