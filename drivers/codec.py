@@ -92,6 +92,11 @@ def decode(spec: Spec, data: Sequence[int] | Sequence[bool], *, scale_factor: in
             return raw >= spec.threshold
         if spec.type == "bool":
             return raw != 0
+    if isinstance(spec, WriteSpec) and spec.values is not None:
+        for canonical, r in spec.values.items():
+            if r == raw:
+                return canonical
+        raise DeviceError(f"{q}: raw value {raw} is none of the profile's values")
     if spec.map is not None:
         try:
             return spec.map[raw]

@@ -190,6 +190,9 @@ class Profile:
     max_current: float = 32.0
     energy_scope: str = "total"
     connector_stride: int = 0
+    #: unused registers a merged block read may span between two entries (0 = only
+    #: exactly adjacent entries share a request; for devices that refuse undefined ones)
+    read_gap: int = 4
     port: int = 502
     notes: str = ""
     path: str = ""
@@ -209,7 +212,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _DEVICE_KEYS = {
     "name", "title", "kind", "transports", "unit_id", "gap_ms", "max_read", "register",
     "type", "word_order", "sentinels", "string_encoding", "min_current", "max_current",
-    "energy_scope", "connector_stride", "port", "notes",
+    "energy_scope", "connector_stride", "read_gap", "port", "notes",
 }
 _READ_KEYS = {
     "address", "register", "type", "word_order", "words", "scale", "offset", "shift", "mask",
@@ -390,6 +393,7 @@ class _Parser:
             max_current=max_current,
             energy_scope=self.choice(dev.get("energy_scope", "total"), "device.energy_scope", ("total", "session")),
             connector_stride=stride,
+            read_gap=self.int_in(dev.get("read_gap", 4), "device.read_gap", 0, MAX_READ_REGISTERS),
             port=self.int_in(dev.get("port", 502), "device.port", 1, 65535),
             notes=self.text(dev.get("notes", ""), "device.notes"),
             path=str(self.path),

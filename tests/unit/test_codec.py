@@ -207,6 +207,7 @@ def test_write_values_map_canonical_to_raw():
     w = WriteSpec(quantity="phases", address=405, values=MappingProxyType({1: 0, 3: 1}))
     assert encode(w, 3) == [1]
     assert encode(w, 1.0) == [0]
+    assert decode(w, [1]) == 3 and decode(w, [0]) == 1
     with pytest.raises(EncodeError, match="phases"):
         encode(w, 2)
 
