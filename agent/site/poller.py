@@ -102,8 +102,10 @@ class Poller:
         self.stale_after = stale_after
         self.policy = setpoints
         self.consumers: list[Consumer] = list(consumers)
-        self.tick_count = 0
+        self.tick_count = 0  # ticks started
+        self.ticks_completed = 0
         self.ticks_skipped = 0
+        self._tick_waiters: list[tuple[int, asyncio.Future[None]]] = []
         #: monotonic time the last complete tick finished; None before the first
         self.last_progress: float | None = None
         #: setpoints last written successfully, by connector id
@@ -144,7 +146,29 @@ class Poller:
         if self.policy is not None:
             await self._write_setpoints(self.policy(state), answered={s.info.id for s, (r, _) in zip(self.slots, outcomes) if r is not None})
         self.last_progress = self.clock.monotonic()
+        self.ticks_completed += 1
+        self._wake_waiters()
         return state
+
+    async def wait_for_tick(self, n: int) -> None:
+        """Wait until ``n`` ticks have completed (reads, consumers and writes): lets
+        callers follow the loop without sleeping on wall time."""
+        if self.ticks_completed >= n:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tick_waiters.append((n, fut))
+        await fut
+
+    def _wake_waiters(self) -> None:
+        keep = []
+        for n, fut in self._tick_waiters:
+            if fut.done():
+                continue
+            if self.ticks_completed >= n:
+                fut.set_result(None)
+            else:
+                keep.append((n, fut))
+        self._tick_waiters = keep
 
     async def _read(self, slot: DeviceSlot) -> tuple[Measurement | ChargerReading | None, BaseException | None]:
         try:

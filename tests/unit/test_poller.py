@@ -305,9 +305,14 @@ async def test_progress_moves_only_when_a_tick_completes(clock):
     await clock.advance(0)
     await clock.advance(5.0)
     assert poller.last_progress == 1000.0
+    waiter = asyncio.create_task(poller.wait_for_tick(2))
+    await clock.advance(0)
+    assert not waiter.done() and poller.ticks_completed == 1
     gate.set()
     await t
-    assert poller.last_progress == 1006.0
+    await waiter
+    assert poller.last_progress == 1006.0 and poller.ticks_completed == 2
+    await poller.wait_for_tick(1)  # already reached: returns at once
 
 
 # ---------------------------------------------------------------- setpoints

@@ -1,0 +1,343 @@
+"""The agent's main: builds every part, runs every loop, and stops them cleanly.
+
+This is the one place where parts are wired together; each part receives what it needs
+as arguments and knows nothing of the others' construction.
+
+Lifecycle, and why:
+
+- Resources are opened in an ``AsyncExitStack`` in dependency order (store, buses and
+  devices, sessions, uplink, control API) and closed in reverse, whatever happens: the
+  store is closed last, after everything that might still write to it.
+- READY=1 goes to systemd only when all of that is up (the control socket listens), so
+  ``systemctl start`` returning means ``evsite status`` works.
+- The loops run in one ``asyncio.TaskGroup``. A loop that crashes (or returns when it
+  should run forever) brings the whole agent down with its error logged and exit code 1:
+  a half-alive site controller is worse than a restart by systemd (Restart=on-failure).
+- The watchdog is petted only while the poll loop completes ticks. A wedged poll loop
+  (a driver stuck forever, a store that stopped answering) stops the pets and systemd
+  restarts the agent, which is exactly the remedy.
+- SIGTERM/SIGINT: the poll loop finishes the tick in progress (consumers may be writing
+  the store) within ``STOP_GRACE``; the other loops are cancelled; resources close; one
+  log line says how long it took. Well inside systemd's TimeoutStopSec.
+
+Hook for the uplink: ``open_uplink(runtime)`` returns an async context manager whose
+value may have ``async run()`` (run in the TaskGroup) and may register control routes and
+status sections through ``runtime.control``. By default it is looked up as
+``agent.uplink.open_uplink``; until that exists the agent runs without a CSMS, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.clock import Clock, SystemClock
+from agent.config.model import SiteConfig
+from agent.control.server import ControlServer
+from agent.sdnotify import Notifier
+from agent.site import devices as site_devices
+from agent.site.poller import DeviceSlot, Poller, SetpointPolicy
+from agent.timefmt import utc_text
+
+log = logging.getLogger("evsite.supervisor")
+
+#: how long a stop request waits for the poll tick in progress before cancelling it
+STOP_GRACE = 2.0
+EXIT_OK, EXIT_CRASH = 0, 1
+
+
+@dataclass
+class Runtime:
+    """What the parts can reach while the agent runs (handed to hooks)."""
+
+    config: SiteConfig
+    clock: Clock
+    stop: asyncio.Event
+    started_mono: float
+    started_at: Any
+    store: Any = None
+    poller: Poller | None = None
+    sessions: Any = None
+    uplink: Any = None
+    control: ControlServer | None = None
+    stop_reason: str = ""
+    #: monotonic time the stop began (signal, request or crash)
+    stop_began: float | None = None
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+
+@dataclass
+class Parts:
+    """How each part is built. Production uses the defaults; tests replace the parts
+    that are not theirs to test (and parts not built yet stay ``None``)."""
+
+    open_store: Callable[[Runtime], Awaitable[Any]] | None = None
+    open_devices: Callable[[Runtime, AsyncExitStack], Awaitable[list[DeviceSlot]]] | None = None
+    open_sessions: Callable[[Runtime, AsyncExitStack], Awaitable[Any]] | None = None
+    open_uplink: Callable[[Runtime], AbstractAsyncContextManager[Any]] | None = None
+    setpoints: Callable[[SiteConfig], SetpointPolicy] = site_devices.fixed_setpoints
+    #: poll loop without progress for this long stops the watchdog; None = derived
+    stuck_after: float | None = None
+    stale_after: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LoopCrashed(Exception):
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name} {detail}")
+        self.loop_name = name
+
+
+class _StopRequested(Exception):
+    """Raised inside the TaskGroup to cancel the loops after a stop request."""
+
+
+def default_parts() -> Parts:
+    return Parts(
+        open_store=_open_store,
+        open_devices=lambda rt, stack: site_devices.open_devices(rt.config, rt.clock, stack),
+        open_sessions=_open_sessions,
+        open_uplink=_find_uplink(),
+    )
+
+
+async def run_agent(
+    config: SiteConfig,
+    clock: Clock = SystemClock(),
+    *,
+    parts: Parts | None = None,
+    notifier: Notifier | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    ready: Callable[[Runtime], None] | None = None,
+) -> int:
+    """Run the site until stopped: 0 after a clean stop, 1 if a loop crashed or
+    start-up failed. ``ready(runtime)`` is called right after READY=1 (tests)."""
+    parts = parts or default_parts()
+    notifier = notifier or Notifier.from_env()
+    rt = Runtime(config=config, clock=clock, stop=stop or asyncio.Event(),
+                 started_mono=clock.monotonic(), started_at=clock.now())
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, rt.request_stop, sig.name)
+            installed.append(sig)
+    log.info("evsite %s starting site %r (pid %d)", __version__, config.site.name, os.getpid())
+    try:
+        return await _run(rt, parts, notifier, ready)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        notifier.close()
+
+
+async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[Runtime], None] | None) -> int:
+    config, clock = rt.config, rt.clock
+    code = EXIT_OK
+    stop_began: float | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            Path(config.site.state_dir).mkdir(mode=0o750, parents=True, exist_ok=True)
+            # 1. store (closed last)
+            if parts.open_store is not None:
+                rt.store = await parts.open_store(rt)
+                if hasattr(rt.store, "close"):
+                    stack.push_async_callback(_close_store, rt.store)
+            # 2. buses and devices
+            slots = await parts.open_devices(rt, stack) if parts.open_devices else []
+            poller = Poller(slots, clock=clock, interval=config.site.poll_interval,
+                            stale_after=parts.stale_after, setpoints=parts.setpoints(config))
+            rt.poller = poller
+            rt.control = ControlServer(config.control_socket, status=lambda: _status(rt), group=config.control.group)
+            # 3. sessions
+            if parts.open_sessions is not None:
+                rt.sessions = await parts.open_sessions(rt, stack)
+                if rt.sessions is not None:
+                    poller.add_consumer(rt.sessions.on_site_state)
+            # 4. uplink
+            if parts.open_uplink is not None:
+                rt.uplink = await stack.enter_async_context(parts.open_uplink(rt))
+            elif config.uplink.enabled:
+                log.warning("uplink not available in this build: running without a CSMS connection")
+            # 5. control API (last: it serves everything above)
+            await rt.control.start()
+            stack.push_async_callback(rt.control.close)
+
+            notifier.ready(status=f"{len(slots)} devices, polling every {config.site.poll_interval:g} s")
+            log.info("site %r up: %d devices, control socket %s", config.site.name, len(slots), config.control_socket)
+            if ready is not None:
+                ready(rt)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    poll_done = asyncio.Event()
+                    tg.create_task(_guard("poll loop", _poll(poller, rt.stop, poll_done), rt), name="poll loop")
+                    tg.create_task(_guard("watchdog", _watchdog(rt, notifier, parts.stuck_after), rt), name="watchdog")
+                    run = getattr(rt.uplink, "run", None)
+                    if run is not None:
+                        tg.create_task(_guard("uplink", run(), rt), name="uplink")
+                    tg.create_task(_stopper(rt, notifier, poll_done), name="stopper")
+            except* _StopRequested:
+                stop_began = rt.stop_began
+            except* Exception as group:
+                code = EXIT_CRASH
+                for exc in group.exceptions:
+                    cause = exc.__cause__ if isinstance(exc, LoopCrashed) and exc.__cause__ else exc
+                    log.error("%s: stopping the agent", exc, exc_info=(type(cause), cause, cause.__traceback__))
+                notifier.stopping(status=f"crashed: {group.exceptions[0]}")
+                stop_began = clock.monotonic()
+    except Exception as exc:
+        if stop_began is None:  # failed while starting: nothing ran yet
+            log.error("start-up failed: %s", exc, exc_info=True)
+            notifier.stopping(status=f"start-up failed: {exc}")
+            return EXIT_CRASH
+        log.error("error while shutting down: %s", exc, exc_info=True)
+        return EXIT_CRASH
+    took = clock.monotonic() - (stop_began if stop_began is not None else clock.monotonic())
+    if code == EXIT_OK:
+        log.info("stopped cleanly in %.1f s (%s); store closed", took, rt.stop_reason or "stop requested")
+    else:
+        log.info("stopped after a crash in %.1f s; store closed", took)
+    return code
+
+
+async def _guard(name: str, coro: Awaitable[None], rt: Runtime) -> None:
+    """Name the loop in its error; a loop returning on its own is a crash too, unless
+    the agent is stopping."""
+    try:
+        await coro
+    except (asyncio.CancelledError, _StopRequested):
+        raise
+    except Exception as exc:
+        raise LoopCrashed(name, f"crashed: {type(exc).__name__}: {exc}") from exc
+    if not rt.stop.is_set():
+        raise LoopCrashed(name, "ended unexpectedly")
+
+
+async def _poll(poller: Poller, stop: asyncio.Event, done: asyncio.Event) -> None:
+    try:
+        await poller.run(stop)
+    finally:
+        done.set()
+
+
+async def _stopper(rt: Runtime, notifier: Notifier, poll_done: asyncio.Event) -> None:
+    await rt.stop.wait()
+    rt.stop_began = rt.clock.monotonic()
+    log.info("stopping: %s", rt.stop_reason or "stop requested")
+    notifier.stopping(status=f"stopping: {rt.stop_reason}")
+    try:
+        async with asyncio.timeout(STOP_GRACE):
+            await poll_done.wait()
+    except TimeoutError:
+        log.warning("poll tick still running after %.1f s; cancelling it", STOP_GRACE)
+    raise _StopRequested
+
+
+def stuck_limit(poll_interval: float) -> float:
+    """How long without a completed tick means the poll loop is stuck: generous, since
+    a tick with several RS-485 devices timing out legitimately takes seconds."""
+    return max(3 * poll_interval, poll_interval + 20.0)
+
+
+async def _watchdog(rt: Runtime, notifier: Notifier, stuck_after: float | None) -> None:
+    """Pet systemd's watchdog while the poll loop makes progress, and keep STATUS= fresh."""
+    poller = rt.poller
+    assert poller is not None
+    limit = stuck_after if stuck_after is not None else stuck_limit(rt.config.site.poll_interval)
+    pet = notifier.watchdog_interval()
+    period = pet if pet is not None else max(0.5, min(limit / 2, 5.0))
+    stuck = False
+    while True:
+        now = rt.clock.monotonic()
+        ref = poller.last_progress if poller.last_progress is not None else rt.started_mono
+        age = now - ref
+        if age <= limit:
+            if pet is not None:
+                notifier.watchdog()
+            if stuck:
+                log.warning("poll loop moving again: petting the watchdog again")
+                stuck = False
+            state = poller.latest
+            stale = state.stale_devices()
+            notifier.status(f"tick {state.tick}: {len(state.health) - len(stale)}/{len(state.health)} devices ok"
+                            + (f", stale: {', '.join(stale)}" if stale else ""))
+        elif not stuck:
+            log.error("poll loop made no progress for %.0f s (limit %.0f s): no longer petting the watchdog", age, limit)
+            notifier.status(f"poll loop stuck for {age:.0f} s")
+            stuck = True
+        await rt.clock.sleep(period)
+
+
+def _status(rt: Runtime) -> dict[str, Any]:
+    poller = rt.poller
+    assert poller is not None
+    out = poller.latest.as_dict(setpoints=poller.setpoints)
+    out["site"]["name"] = rt.config.site.name
+    out["agent"] = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "started_at": utc_text(rt.started_at),
+        "uptime_s": round(rt.clock.monotonic() - rt.started_mono, 1),
+        "ticks_skipped": poller.ticks_skipped,
+        "uplink": "enabled" if rt.uplink is not None else "not running",
+    }
+    return out
+
+
+# ---------------------------------------------------------------- default parts
+
+async def _close_store(store: Any) -> None:
+    result = store.close()
+    if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+        await result
+
+
+async def _open_store(rt: Runtime) -> Any:
+    from agent.store import Store
+
+    opened = Store.open(rt.config.store_path, rt.clock, rt.config.store.synchronous)
+    return await opened if isinstance(opened, Awaitable) else opened
+
+
+async def _open_sessions(rt: Runtime, stack: AsyncExitStack) -> Any:
+    try:
+        from agent.sessions import SessionManager
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("agent.sessions"):
+            log.warning("sessions not available in this build: no transactions are recorded")
+            return None
+        raise
+    manager = SessionManager(rt.config, rt.store, rt.clock)
+    start = getattr(manager, "start", None)
+    if start is not None:
+        await start()
+    if hasattr(manager, "close"):
+        stack.push_async_callback(site_devices.close_quietly, manager, "sessions")
+    return manager
+
+
+def _find_uplink() -> Callable[[Runtime], AbstractAsyncContextManager[Any]] | None:
+    """``agent.uplink.open_uplink`` if the uplink package provides it yet. A missing
+    dependency *inside* the package is a real error and propagates."""
+    try:
+        module = importlib.import_module("agent.uplink")
+    except ModuleNotFoundError as exc:
+        if exc.name == "agent.uplink":
+            return None
+        raise
+    return getattr(module, "open_uplink", None)
+

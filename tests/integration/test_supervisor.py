@@ -1,0 +1,362 @@
+"""The supervisor end to end in-process: start order and READY, watchdog only while the
+poll loop ticks, SIGTERM mid-poll with a real SQLite file left intact, crashes that exit
+non-zero with the error logged, and the uplink hook.
+
+Devices are the fakes from tests/unit/test_poller.py; the store here is a minimal
+aiosqlite stand-in (one row per tick, in a transaction) until agent/store lands, so the
+"store intact after SIGTERM" check runs against a real SQLite file today.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import tempfile
+import time
+
+import aiosqlite
+import pytest
+
+from agent import supervisor
+from agent.clock import SimClock, SystemClock
+from agent.config.model import ControlSection, DeviceSection, LimitsSection, SiteConfig, SiteSection
+from agent.control.client import ControlClient
+from agent.sdnotify import Notifier
+from agent.site.devices import device_info
+from agent.site.poller import DeviceSlot
+from agent.supervisor import Parts, run_agent
+from drivers.contract import Setpoint
+from tests.unit.test_poller import OK, FakeCharger, FakeMeter
+
+
+@pytest.fixture
+def workdir():
+    d = tempfile.mkdtemp(prefix="evs-", dir="/tmp")  # short: Unix socket paths
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def notify(workdir):
+    path = os.path.join(workdir, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+
+    class Inbox:
+        def __init__(self):
+            self.messages: list[str] = []
+
+        def drain(self) -> list[str]:
+            new = []
+            while True:
+                try:
+                    new.append(sock.recv(4096).decode())
+                except BlockingIOError:
+                    break
+            self.messages += new
+            return new
+
+        def notifier(self, watchdog_usec=None):
+            return Notifier(path, watchdog_usec)
+
+    yield Inbox()
+    sock.close()
+
+
+def make_config(workdir, poll_interval=1.0):
+    return SiteConfig(
+        site=SiteSection(name="test site", poll_interval=poll_interval, state_dir=os.path.join(workdir, "state")),
+        limits=LimitsSection(fuse_amps=32.0),
+        control=ControlSection(socket=os.path.join(workdir, "control.sock")),
+        devices=[
+            DeviceSection(id="grid", profile="eastron-sdm630", bus="lan", unit_id=2, role="grid_meter"),
+            DeviceSection(id="cp1", profile="abb-terra-ac", bus="lan", unit_id=1, role="charger",
+                          connector_id=1, fixed_current=10.0),
+        ],
+    )
+
+
+class TickStore:
+    """A real SQLite file: one row per tick, written in its own transaction."""
+
+    def __init__(self, db, events):
+        self.db, self.events = db, events
+
+    @classmethod
+    async def open(cls, path, events):
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("CREATE TABLE IF NOT EXISTS ticks (n INTEGER PRIMARY KEY, grid_a REAL NOT NULL)")
+        await db.commit()
+        events.append("store opened")
+        return cls(db, events)
+
+    async def record(self, tick, amps):
+        await self.db.execute("INSERT INTO ticks VALUES (?, ?)", (tick, amps))
+        await self.db.commit()
+
+    async def close(self):
+        await self.db.close()
+        self.events.append("store closed")
+
+
+class Sessions:
+    def __init__(self, store, events):
+        self.store, self.events, self.crash_at = store, events, None
+
+    async def on_site_state(self, state):
+        if state.tick == self.crash_at:
+            raise RuntimeError("session table corrupt")
+        g = state.grid()
+        await self.store.record(state.tick, g.last_good.current[0] if g.last_good else -1)
+
+    async def close(self):
+        self.events.append("sessions closed")
+
+
+def make_parts(workdir, clock, events, sessions=True, **kw):
+    devices = {}
+
+    async def open_store(rt):
+        return await TickStore.open(os.path.join(rt.config.site.state_dir, "evsite.db"), events)
+
+    async def open_devices(rt, stack):
+        slots = []
+        for d in rt.config.devices:
+            fake = (FakeCharger if d.role == "charger" else FakeMeter)(d.id, clock)
+            devices[d.id] = fake
+            stack.callback(events.append, f"device {d.id} closed")
+            slots.append(DeviceSlot(device_info(d), fake))
+        events.append("devices opened")
+        return slots
+
+    async def open_sessions(rt, stack):
+        s = Sessions(rt.store, events)
+        stack.push_async_callback(s.close)
+        events.append("sessions opened")
+        devices["sessions"] = s
+        return s
+
+    parts = Parts(open_store=open_store, open_devices=open_devices,
+                  open_sessions=open_sessions if sessions else None, **kw)
+    return parts, devices
+
+
+async def start(config, clock, parts, notifier, **kw):
+    """run_agent as a task; returns (task, runtime) once READY was sent."""
+    ready = asyncio.Event()
+    box = {}
+
+    def on_ready(rt):
+        box["rt"] = rt
+        ready.set()
+
+    task = asyncio.create_task(run_agent(config, clock, parts=parts, notifier=notifier, ready=on_ready, **kw))
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        raise AssertionError(f"agent exited before READY: {task.result()}")
+    return task, box["rt"]
+
+
+async def next_tick(rt, clock, n):
+    """Wait (on events, not time) until tick ``n`` completed and the loop sleeps again."""
+    await rt.poller.wait_for_tick(n)
+    await clock.advance(0)
+
+
+async def test_ready_after_everything_is_up_then_clean_stop_in_reverse_order(workdir, notify, caplog):
+    caplog.set_level(logging.INFO)
+    clock = SimClock()
+    events: list[str] = []
+    config = make_config(workdir)
+    parts, devices = make_parts(workdir, clock, events)
+    stop = asyncio.Event()
+    task, rt = await start(config, clock, parts, notify.notifier(), stop=stop, handle_signals=False)
+    # READY went out after the store, devices, sessions and the control socket were up
+    assert events == ["store opened", "devices opened", "sessions opened"]
+    assert notify.drain()[0].startswith("READY=1\nSTATUS=2 devices")
+    status = await ControlClient(config.control_socket).status()
+    assert status["site"]["name"] == "test site" and status["agent"]["version"]
+    await next_tick(rt, clock, 1)
+    await clock.advance(1.0)
+    await rt.poller.wait_for_tick(2)
+    assert devices["cp1"].applied == [Setpoint(10.0, 3, True)]  # fixed current from the config
+    status = await ControlClient(config.control_socket).status()
+    assert status["tick"] == 2 and status["connectors"][0]["setpoint"]["amps"] == 10.0
+    stop.set()
+    assert await task == 0
+    assert events[3:] == ["sessions closed", "device cp1 closed", "device grid closed", "store closed"]
+    assert not os.path.exists(config.control_socket)
+    assert "STOPPING=1" in "".join(notify.drain())
+    assert any(r.getMessage().startswith("stopped cleanly in") for r in caplog.records)
+
+
+async def test_watchdog_is_petted_only_while_the_poll_loop_ticks(workdir, notify, caplog):
+    clock = SimClock()
+    events: list[str] = []
+    gate = asyncio.Event()
+    # no sessions: their SQLite writes finish on a thread, outside simulated time
+    parts, devices = make_parts(workdir, clock, events, sessions=False, stuck_after=5.0)
+    stop = asyncio.Event()
+    task, rt = await start(make_config(workdir), clock, parts, notify.notifier(watchdog_usec=2_000_000),
+                           stop=stop, handle_signals=False)
+
+    async def stuck():
+        await gate.wait()
+
+    def pets_now():
+        return [clock.monotonic() - 1000.0 for m in notify.drain() if m == "WATCHDOG=1"]
+
+    try:
+        devices["grid"].script.extend([OK, OK, stuck])  # a few ticks complete, then one hangs
+        await clock.advance(0)
+        pets = pets_now()
+        for _ in range(30):
+            await clock.advance(0.5)
+            pets += pets_now()
+        assert clock.monotonic() - 1000.0 == 15.0
+        last_progress = rt.poller.last_progress - 1000.0
+        assert 1.0 <= last_progress <= 3.0
+        # one pet per second (half of WatchdogSec=2) while the last completed tick is at
+        # most 5 s old; none after that
+        assert pets[0] == 0.0 and all(b - a == pytest.approx(1.0) for a, b in zip(pets, pets[1:]))
+        assert last_progress + 4.0 <= pets[-1] <= last_progress + 5.0
+        stuck_logs = [r for r in caplog.records if "no longer petting the watchdog" in r.getMessage()]
+        assert len(stuck_logs) == 1 and stuck_logs[0].levelno == logging.ERROR
+        gate.set()  # the hung tick completes: pets resume
+        for _ in range(4):
+            await clock.advance(0.5)
+            pets += pets_now()
+        assert pets[-1] > 15.0
+        assert any("poll loop moving again" in r.getMessage() for r in caplog.records)
+    finally:
+        gate.set()
+        stop.set()
+        code = await task
+    assert code == 0
+
+
+async def test_sigterm_during_a_poll_stops_cleanly_with_the_store_intact(workdir, notify, caplog):
+    caplog.set_level(logging.INFO)
+    clock = SystemClock()
+    events: list[str] = []
+    config = make_config(workdir, poll_interval=0.1)
+    parts, devices = make_parts(workdir, clock, events)
+    task, rt = await start(config, clock, parts, notify.notifier())
+    in_read = asyncio.Event()
+
+    async def slow():
+        in_read.set()
+        await asyncio.sleep(0.3)
+
+    devices["grid"].script.extend([OK, OK, slow])
+    await in_read.wait()
+    t0 = time.monotonic()
+    os.kill(os.getpid(), signal.SIGTERM)
+    code = await task
+    took = time.monotonic() - t0
+    assert code == 0 and took < 5.0
+    completed = rt.poller.tick_count
+    assert completed >= 3  # the tick that was reading when SIGTERM came finished
+    assert events[-1] == "store closed"
+    db = sqlite3.connect(os.path.join(config.site.state_dir, "evsite.db"))
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = [n for (n,) in db.execute("SELECT n FROM ticks ORDER BY n")]
+    finally:
+        db.close()
+    assert rows == list(range(1, completed + 1))  # every published tick stored, none half-written
+    assert any("stopping: SIGTERM" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_crashing_loop_exits_nonzero_with_its_error_logged(workdir, notify, caplog):
+    clock = SimClock()
+    events: list[str] = []
+    parts, devices = make_parts(workdir, clock, events)
+    task, rt = await start(make_config(workdir), clock, parts, notify.notifier(), handle_signals=False)
+    devices["sessions"].crash_at = 2
+    await next_tick(rt, clock, 1)
+    await clock.advance(1.0)
+    assert await task == 1
+    crash = [r for r in caplog.records if "poll loop crashed: RuntimeError: session table corrupt" in r.getMessage()]
+    assert len(crash) == 1 and crash[0].levelno == logging.ERROR
+    assert crash[0].exc_info and "session table corrupt" in str(crash[0].exc_info[1])
+    assert events[-1] == "store closed"  # resources still closed in order
+    assert any(m.startswith("STOPPING=1\nSTATUS=crashed") for m in notify.drain())
+
+
+async def test_start_up_failure_exits_nonzero_without_ready(workdir, notify, caplog):
+    clock = SimClock()
+    events: list[str] = []
+    config = make_config(workdir)
+    open(config.control_socket, "w").close()  # something that is not our socket
+    parts, _ = make_parts(workdir, clock, events)
+    code = await run_agent(config, clock, parts=parts, notifier=notify.notifier(), handle_signals=False)
+    assert code == 1
+    assert not any(m.startswith("READY=1") for m in notify.drain())
+    assert events[-1] == "store closed"
+    assert any("start-up failed" in r.getMessage() and "is not a socket" in r.getMessage() for r in caplog.records)
+
+
+async def test_uplink_hook_runs_its_loop_and_adds_a_control_route(workdir, notify):
+    clock = SimClock()
+    events: list[str] = []
+    running = asyncio.Event()
+
+    class Uplink:
+        async def run(self):
+            running.set()
+            await asyncio.Event().wait()  # forever, until cancelled
+
+    @contextlib.asynccontextmanager
+    async def open_uplink(rt):
+        async def authorize(request):
+            return {"accepted": True}
+
+        rt.control.add_route("POST", "/authorize", authorize)
+        rt.control.add_status_section("uplink", lambda: {"connected": False})
+        events.append("uplink opened")
+        yield Uplink()
+        events.append("uplink closed")
+
+    parts, _ = make_parts(workdir, clock, events, open_uplink=open_uplink)
+    stop = asyncio.Event()
+    config = make_config(workdir)
+    task, rt = await start(config, clock, parts, notify.notifier(), stop=stop, handle_signals=False)
+    await running.wait()
+    client = ControlClient(config.control_socket)
+    assert await client.post("/authorize", {"id_tag": "X"}) == {"accepted": True}
+    assert (await client.status())["uplink"] == {"connected": False}
+    stop.set()
+    assert await task == 0
+    assert events.index("uplink closed") < events.index("sessions closed") < events.index("store closed")
+
+
+async def test_a_loop_that_returns_on_its_own_is_a_crash(workdir, notify, caplog):
+    class Uplink:
+        async def run(self):
+            return None
+
+    @contextlib.asynccontextmanager
+    async def open_uplink(rt):
+        yield Uplink()
+
+    clock = SimClock()
+    parts, _ = make_parts(workdir, clock, [], open_uplink=open_uplink)
+    code = await run_agent(make_config(workdir), clock, parts=parts, notifier=notify.notifier(), handle_signals=False)
+    assert code == 1
+    assert any("uplink ended unexpectedly" in r.getMessage() for r in caplog.records)
+
+
+def test_stuck_limit_leaves_room_for_slow_ticks():
+    assert supervisor.stuck_limit(1.0) == 21.0
+    assert supervisor.stuck_limit(60.0) == 180.0
