@@ -81,19 +81,20 @@ def unit_ids_unique(ctx: Ctx) -> None:
         for j in seen.get(key, []):
             other = ctx.cfg.devices[j]
             uses = [_dev(i, "bus"), _dev(j, "unit_id"), _dev(j, "bus")]
-            shared = (d.role == other.role == "charger" and d.profile == other.profile)
-            if shared and d.connector_index != other.connector_index:
-                prof = ctx.profile(d.profile)
-                if prof is not None and getattr(prof, "connector_stride", 0) == 0:
-                    ctx.error(_dev(i, "unit_id"),
-                              f'shares unit id {d.unit_id} with devices[{j}] ("{other.id}"), but profile '
-                              f'"{d.profile}" has one connector per unit id: give each its own unit id',
-                              uses=uses + [_dev(i, "profile")])
-                continue
-            if shared:
-                ctx.error(_dev(i, "connector_index"),
-                          f'devices[{j}] ("{other.id}") already uses connector_index {d.connector_index} '
-                          f'of unit {d.unit_id} on bus "{d.bus}"', uses=uses + [_dev(j, "connector_index")])
+            shared = d.role == other.role == "charger" and d.profile == other.profile
+            prof = ctx.profile(d.profile) if shared else None
+            single = prof is not None and getattr(prof, "connector_stride", 0) == 0
+            if shared and single and d.connector_index != other.connector_index:
+                ctx.error(_dev(i, "unit_id"),
+                          f'shares unit id {d.unit_id} with devices[{j}] ("{other.id}"), but profile '
+                          f'"{d.profile}" has one connector per unit id: give each its own unit id',
+                          uses=uses + [_dev(i, "profile")])
+            elif shared and not single:
+                if d.connector_index == other.connector_index:
+                    ctx.error(_dev(i, "connector_index"),
+                              f'devices[{j}] ("{other.id}") already uses connector_index {d.connector_index} '
+                              f'of unit {d.unit_id} on bus "{d.bus}"', uses=uses + [_dev(j, "connector_index")])
+                continue  # connectors of one multi-connector charger
             else:
                 ctx.error(_dev(i, "unit_id"),
                           f'unit id {d.unit_id} is already used on bus "{d.bus}" by devices[{j}] ("{other.id}")',
@@ -243,7 +244,9 @@ def references(ctx: Ctx) -> None:
         if d.meter:
             meter = devices.get(d.meter)
             if meter is None:
-                ctx.error(_dev(i, "meter"), f'no device "{d.meter}"{did_you_mean(d.meter, devices)}')
+                subs = [m.id for m in ctx.cfg.devices if m.role == "sub_meter"]
+                ctx.error(_dev(i, "meter"), f'no device "{d.meter}"{did_you_mean(d.meter, subs)}; '
+                                            f"sub_meters: {listing(subs)}")
             elif meter.role != "sub_meter":
                 ctx.error(_dev(i, "meter"), f'device "{d.meter}" is a {meter.role or "device"}, not a sub_meter')
 
