@@ -48,6 +48,14 @@ class EncodeError(ValueError):
     """A canonical value cannot be represented in the entry's registers."""
 
 
+class NoValue(DeviceError):
+    """The device says it has no value here (sentinel, NaN, SunSpec "not implemented").
+
+    A profile entry with ``missing = "none"`` turns this into ``None`` (a 1-phase Alfen
+    reports NaN on L2/L3); otherwise it is a ``DeviceError`` like any other bad answer.
+    """
+
+
 def raw_int(spec: Spec, registers: Sequence[int]) -> int:
     """The entry's registers as one integer of its type (no shift/scale)."""
     return int(ModbusClientMixin.convert_from_registers(
@@ -77,12 +85,12 @@ def decode(spec: Spec, data: Sequence[int] | Sequence[bool], *, scale_factor: in
             list(data), _DATATYPES[spec.type], word_order=spec.word_order)  # type: ignore[arg-type,assignment]
     if isinstance(raw, float):
         if not math.isfinite(raw):
-            raise DeviceError(f"{q}: device reports no value (float {raw})")
+            raise NoValue(f"{q}: device reports no value (float {raw})")
     elif spec.sentinels or spec.scale_factor is not None:
         pattern = raw & ((1 << 16 * spec.words) - 1)
         if raw in spec.sentinels or pattern in spec.sentinels or (
                 spec.scale_factor is not None and pattern == SUNSPEC_NOT_IMPLEMENTED.get(spec.type)):
-            raise DeviceError(f"{q}: device reports no value (sentinel 0x{pattern:X})")
+            raise NoValue(f"{q}: device reports no value (sentinel 0x{pattern:X})")
 
     if isinstance(raw, int):
         raw >>= spec.shift

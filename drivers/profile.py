@@ -74,6 +74,9 @@ class ReadSpec:
     string_encoding: str = "ascii"
     #: one-char strings packed in one register: which byte holds the character
     byte: str | None = None
+    #: what "no value" (sentinel / NaN) means: "error" (a bad answer) or "none" (the
+    #: device does not have it, e.g. L2/L3 on a 1-phase charger)
+    missing: str = "error"
 
     @property
     def is_bit(self) -> bool:
@@ -216,7 +219,7 @@ _DEVICE_KEYS = {
 }
 _READ_KEYS = {
     "address", "register", "type", "word_order", "words", "scale", "offset", "shift", "mask",
-    "threshold", "map", "sentinels", "scale_factor", "string_encoding", "byte",
+    "threshold", "map", "sentinels", "scale_factor", "string_encoding", "byte", "missing",
 }
 _WRITE_KEYS = {
     "address", "register", "type", "word_order", "words", "scale", "offset", "function",
@@ -373,6 +376,8 @@ class _Parser:
                 raise self.fail("write", "a meter profile has no write registers")
             if not any(q in reads for q in ("power", "energy_import", "power_l1", "current_l1")):
                 raise self.fail("read", "a meter profile needs at least power, energy_import, power_l1 or current_l1")
+        if "current" in writes and writes["current"].below_min == "disable" and "enable" not in writes:
+            raise self.fail("write.current.below_min", "\"disable\" needs a [write.enable] register")
         if keepalive and keepalive.rewrite_setpoint and "current" not in writes:
             raise self.fail("keepalive.rewrite_setpoint", "needs a [write.current] register to rewrite")
 
@@ -473,6 +478,7 @@ class _Parser:
             string_encoding=self.encoding(d.get("string_encoding", self.defaults["string_encoding"]),
                                           f"{key}.string_encoding"),
             byte=byte,
+            missing=self.choice(d.get("missing", "error"), f"{key}.missing", ("error", "none")),
         )
 
     def read_map(self, key: str, q: str, raw: Any, type_: str, threshold: int | None) -> Mapping[Any, Any] | None:

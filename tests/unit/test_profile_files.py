@@ -19,7 +19,8 @@ ALL = profile_names()
 
 EXPECTED = {
     "eastron-sdm630", "eastron-sdm72d-m-v2", "carlo-gavazzi-em340", "abb-b23", "sunspec-203",
-    "heidelberg-ec", "evse-din",
+    "heidelberg-ec", "evse-din", "phoenix-evcc-eth", "phoenix-charx", "alfen-eve", "abb-terra-ac",
+    "vestel-evc04",
 }
 
 
@@ -142,6 +143,7 @@ address = 100
     (GOOD_CHARGER + "[keepalive]\nfraction = 1.5\naddress = 3\n", r"keepalive\.fraction: must be < 1"),
     (GOOD_CHARGER + "[[init]]\naddress = 3\n", r"init\[0\]\.value: missing"),
     (GOOD_CHARGER.replace('transports = ["rtu"]', 'transports = ["usb"]'), r"device\.transports\[0\]: must be one of tcp, rtu"),
+    (GOOD_CHARGER + 'below_min = "disable"\n', r"write\.current\.below_min: \"disable\" needs a \[write\.enable\]"),
 ])
 def test_bad_charger_profiles(tmp_path, body, match):
     with pytest.raises(ProfileError, match=match):
