@@ -198,7 +198,7 @@ class Binder:
             return f"{what}: {key} belongs in {' or '.join(homes)}"
         if not path:
             return f"{what}; the sections are: {', '.join(names)}"
-        return f"{what} in {path_text(path)}; allowed: {', '.join(names)}"
+        return f"{what}; allowed here: {', '.join(names)}"
 
     def _missing(self, tp: Any, f: dataclasses.Field, path: KeyPath) -> str:
         if dataclasses.is_dataclass(tp):

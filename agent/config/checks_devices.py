@@ -251,7 +251,8 @@ def references(ctx: Ctx) -> None:
                 ctx.error(_dev(i, "meter"), f'device "{d.meter}" is a {meter.role or "device"}, not a sub_meter')
 
 
-@check("Phase switching only on 3-phase chargers whose profile can switch; free_charging_tag at most 20 characters")
+@check("Phase switching only on 3-phase chargers whose profile can switch; free_charging_tag at most "
+       "20 characters; a failsafe setting the profile cannot write is a warning")
 def charger_extras(ctx: Ctx) -> None:
     for i, d in enumerate(ctx.cfg.devices):
         if d.role != "charger":
@@ -264,6 +265,11 @@ def charger_extras(ctx: Ctx) -> None:
             elif prof is not None and prof.writes.get("phases") is None:
                 ctx.error(path, f'profile "{d.profile}" cannot switch phases (no write.phases register)',
                           uses=[_dev(i, "profile")])
+        prof = ctx.profile(d.profile)
+        for key in ("failsafe_current", "failsafe_timeout"):
+            if prof is not None and ctx.wrote(_dev(i, key)) and prof.writes.get(key) is None:
+                ctx.warn(_dev(i, key), f'profile "{d.profile}" cannot set it: the charger keeps its own setting',
+                         uses=[_dev(i, "profile")])
         if len(d.free_charging_tag) > ID_TAG_MAX:
             ctx.error(_dev(i, "free_charging_tag"),
                       f"must be at most {ID_TAG_MAX} characters (an OCPP idTag), got {len(d.free_charging_tag)}")

@@ -36,7 +36,7 @@ class FakeProfiles:
 PROFILES = FakeProfiles(
     meter=profile("meter"),
     tcp_meter=profile("meter", transports=("tcp",)),
-    wallbox=profile("charger", max_current=16.0),
+    wallbox=profile("charger", max_current=16.0, writes=("current", "failsafe_current", "failsafe_timeout")),
     multi=profile("charger", stride=1000, writes=("current", "phases")),
     broken=ValueError("read.state.map: must be a non-empty table"),
 )
@@ -320,6 +320,16 @@ def test_charger_extras_and_meter_keys():
     assert paths(text) == ["devices[0].can_switch_phases", "devices[1].can_switch_phases",
                            "devices[2].free_charging_tag"]
     assert findings(text, "warning") == [("devices[3].max_current", "only applies to chargers; ignored for a sub_meter")]
+
+
+def test_failsafe_settings_the_profile_cannot_write_warn():
+    text = HEAD + device("c1", profile="multi", connector_id=1, failsafe_current=6, failsafe_timeout=30)
+    assert paths(text) == []
+    assert findings(text, "warning") == [
+        ("devices[0].failsafe_current", 'profile "multi" cannot set it: the charger keeps its own setting'),
+        ("devices[0].failsafe_timeout", 'profile "multi" cannot set it: the charger keeps its own setting'),
+    ]
+    assert findings(text.replace('"multi"', '"wallbox"'), "warning") == []
 
 
 def test_backoff_and_gpio():
