@@ -7,6 +7,7 @@ that does not exist, or using one on the wrong bus type, fails here.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from agent.config import model
 from agent.config.bind import hints
 from agent.config.load import inspect_config, load_config
+from agent.config.locate import KeyLines
 from agent.config.reference import DOC_PATH, render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,3 +94,24 @@ def test_every_model_field_is_documented():
             if dataclasses.is_dataclass(inner):
                 walk(inner)
     walk(model.SiteConfig)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_locator_finds_every_key_of_the_examples_on_its_own_line(path):
+    text = path.read_text(encoding="utf-8")
+    lines = KeyLines(text)
+    source = text.splitlines()
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = prefix + (key,)
+                line = lines.exact(here)
+                assert line is not None, here
+                assert key in source[line - 1], (here, source[line - 1])
+                walk(value, here)
+        elif isinstance(node, list) and node and isinstance(node[0], dict):
+            for i, item in enumerate(node):
+                walk(item, prefix + (i,))
+
+    walk(tomllib.loads(text), ())

@@ -10,6 +10,8 @@ import os
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config.issues import ConfigErrors, ConfigIssue, ConfigUnreadable
 from agent.config.load import inspect_config, inspect_text, load_config, load_config_text
@@ -377,3 +379,35 @@ def test_locator_finds_tables_arrays_dotted_and_inline_keys():
 def test_locator_survives_text_it_cannot_parse():
     lines = KeyLines('[site]\nname = "x"\n[broken\n')
     assert lines.exact(("site", "name")) == 2
+
+
+# -- robustness -----------------------------------------------------------------------------------
+
+SCALARS = st.sampled_from(['""', '"x"', "0", "-1", "1.5", "true", "[]", "[1, 2]", '["L9"]', "{}", "{ a = 1 }",
+                           "1979-05-27", "inf", '"../x"', "300", '"tcp"', '"charger"'])
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_mangled_config_gives_findings_never_an_exception(data):
+    lines = GOOD.splitlines()
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(lines) - 1))
+        action = data.draw(st.sampled_from(["drop", "value", "key", "dup"]))
+        if action == "drop":
+            del lines[i]
+        elif action == "dup":
+            lines.insert(i, lines[i])
+        elif "=" in lines[i]:
+            key, _ = lines[i].split("=", 1)
+            if action == "value":
+                lines[i] = f"{key}= {data.draw(SCALARS)}"
+            else:
+                lines[i] = f"{data.draw(st.sampled_from(['unit', 'phases', 'x_y', 'id', 'port']))} = 1"
+        if not lines:
+            break
+    report = inspect_text("\n".join(lines) + "\n", name="m.toml", profiles=None)
+    for issue in report.issues:
+        assert issue.message and (issue.line is None or issue.line >= 1)
+        if issue.path:
+            assert issue.line is None or issue.line <= len(lines)
