@@ -79,10 +79,14 @@ def bus_timing(ctx: Ctx) -> None:
         if b.gap_ms is not None and b.gap_ms / 1000 >= b.timeout:
             ctx.warn(_bus(i, "gap_ms"), f"{b.gap_ms:g} ms between requests is not shorter than "
                                         f"timeout ({b.timeout:g} s)", uses=[_bus(i, "timeout")])
-        if b.type == "rtu" and b.gap_ms is not None and devices:
-            busy = len(devices) * b.gap_ms / 1000
+        gap = b.gap_ms
+        if gap is None:  # the default: the largest gap any profile on the bus needs
+            gaps = [getattr(ctx.profile(d.profile), "gap_ms", 0.0) for d in devices if ctx.profile(d.profile)]
+            gap = max(gaps, default=None)
+        if b.type == "rtu" and gap and devices:
+            busy = len(devices) * gap / 1000
             if busy >= poll:
-                ctx.warn(_bus(i, "gap_ms"), f"{len(devices)} devices x {b.gap_ms:g} ms gap take {busy:g} s, "
+                ctx.warn(_bus(i, "gap_ms"), f"{len(devices)} devices x {gap:g} ms gap take {busy:g} s, "
                                             f"not less than site.poll_interval ({poll:g} s)",
                          uses=[("site", "poll_interval")])
 

@@ -265,6 +265,19 @@ timeout = 1
         "buses[4].gap_ms", "buses[4].gap_ms"]
 
 
+def test_rs485_round_uses_the_profiles_gap_by_default():
+    slow = FakeProfiles(slow=SimpleNamespace(**vars(profile("meter")), gap_ms=300.0))
+    text = HEAD + RS485 + "".join(device(f"m{n}", bus="rs485", unit=n, role="sub_meter", profile="slow")
+                                  for n in range(1, 5))
+    assert findings(text, "warning", slow) == [
+        ("buses[0].id", 'no device is on bus "lan"'),
+        ("buses[1].gap_ms", "4 devices x 300 ms gap take 1.2 s, not less than site.poll_interval (1 s)"),
+        ("devices", "no charger configured"),
+    ]
+    assert findings(text.replace('port = "/dev/ttyUSB0"', 'port = "/dev/ttyUSB0"\ngap_ms = 200'), "warning",
+                    slow) == [("buses[0].id", 'no device is on bus "lan"'), ("devices", "no charger configured")]
+
+
 def test_uplink_url_and_station_id():
     def check(uplink, severity="error"):
         return findings("[uplink]\n" + uplink + "\n" + HEAD.replace("[uplink]\nenabled = false\n", "")
