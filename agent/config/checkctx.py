@@ -89,6 +89,7 @@ class Ctx:
     profiles: ProfileSource | None = None
     findings: list[Finding] = field(default_factory=list)
     _profile_cache: dict[str, Any] = field(default_factory=dict)
+    _profile_names: frozenset[str] | None = None
 
     def is_bad(self, path: KeyPath) -> bool:
         return any(path[:len(b)] == b for b in self.bad)
@@ -114,8 +115,11 @@ class Ctx:
         if self.profiles is None or not name:
             return None
         if name not in self._profile_cache:
+            if self._profile_names is None:
+                self._profile_names = frozenset(self.profiles.names())
             try:
-                self._profile_cache[name] = self.profiles.get(name) if name in self.profiles.names() else None
+                known = name in self._profile_names
+                self._profile_cache[name] = self.profiles.get(name) if known else None
             except ValueError:
                 self._profile_cache[name] = None
         return self._profile_cache[name]

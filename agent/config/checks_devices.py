@@ -104,7 +104,7 @@ def unit_ids_unique(ctx: Ctx) -> None:
 
 
 @check("A device's profile exists, is a meter for meter roles and a charger for chargers, "
-       "and supports the bus type")
+       "and supports the bus type; an unset unit_id that differs from the profile's default is a warning")
 def device_profile(ctx: Ctx) -> None:
     if ctx.profiles is None:
         return
@@ -124,6 +124,10 @@ def device_profile(ctx: Ctx) -> None:
         if d.role and prof.kind != want:
             ctx.error(_dev(i, "role"), f'role {d.role} needs a {want} profile; "{d.profile}" is a {prof.kind}',
                       uses=[_dev(i, "profile")])
+        default_unit = getattr(prof, "unit_id", None)
+        if ctx.wrote(_dev(i, "unit_id")) is False and default_unit is not None and default_unit != d.unit_id:
+            ctx.warn(_dev(i, "unit_id"), f'not set, so {d.unit_id}; "{d.profile}" devices answer on '
+                                         f"{default_unit} by default: set unit_id")
         bus = buses.get(d.bus)
         if bus is not None and bus.type and bus.type not in prof.transports:
             ctx.error(_dev(i, "bus"),

@@ -124,6 +124,14 @@ def test_profile_exists_matches_the_role_and_the_bus_type():
     assert found["devices[3].profile"] == "profile cannot be loaded: read.state.map: must be a non-empty table"
 
 
+def test_unset_unit_id_differing_from_the_profile_default_warns():
+    profiles = FakeProfiles(evc=SimpleNamespace(**vars(profile("charger")), unit_id=255))
+    text = HEAD + device("c1", profile="evc", connector_id=1).replace("unit_id = 1\n", "")
+    assert findings(text, "warning", profiles) == [
+        ("devices[0].unit_id", 'not set, so 1; "evc" devices answer on 255 by default: set unit_id')]
+    assert findings(HEAD + device("c1", profile="evc", connector_id=1), "warning", profiles) == []
+
+
 def test_profile_rules_are_skipped_without_profiles():
     text = HEAD + device("c1", profile="no-such-profile", connector_id=1)
     assert paths(text, profiles=None) == []
