@@ -44,6 +44,10 @@ SUNSPEC_NOT_IMPLEMENTED = {"int16": 0x8000, "uint16": 0xFFFF, "int32": 0x8000_00
                            "uint32": 0xFFFF_FFFF, "int64": 1 << 63, "uint64": (1 << 64) - 1}
 
 
+#: quantities whose canonical value is a bool, whatever register type carries them
+BOOL_QUANTITIES = frozenset({"enable", "unlock", "plug", "charging", "enabled"})
+
+
 class EncodeError(ValueError):
     """A canonical value cannot be represented in the entry's registers."""
 
@@ -68,6 +72,13 @@ def decode(spec: Spec, data: Sequence[int] | Sequence[bool], *, scale_factor: in
     ``data`` is exactly the entry's ``words`` registers (or at least one bit).
     ``scale_factor`` is the SunSpec SF already read from ``model + spec.scale_factor``.
     """
+    value = _decode(spec, data, scale_factor)
+    if spec.quantity in BOOL_QUANTITIES and not isinstance(value, bool):
+        return bool(value)
+    return value
+
+
+def _decode(spec: Spec, data: Sequence[int] | Sequence[bool], scale_factor: int | None) -> Value:
     q = spec.quantity
     if spec.is_bit:
         if not data:
@@ -176,6 +187,8 @@ def encode(spec: Spec, value: Value, *, scale_factor: int | None = None) -> list
             raise EncodeError(f"{q}: SunSpec scale factor needed to encode")
         raw = float(value) / 10.0 ** scale_factor
     else:
+        if isinstance(value, bool) and q in BOOL_QUANTITIES:
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EncodeError(f"{q}: expected a number, got {value!r}")
         raw = (value - spec.offset) / spec.scale if (spec.scale != 1 or spec.offset) else value
