@@ -15,7 +15,7 @@ trailing NUL bytes, which would break UTF-16 text.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 from pymodbus.client.mixin import ModbusClientMixin
 
