@@ -155,7 +155,7 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
             # 1. store (closed last)
             if parts.open_store is not None:
                 rt.store = await parts.open_store(rt)
-                if hasattr(rt.store, "close"):
+                if rt.store is not None and hasattr(rt.store, "close"):
                     stack.push_async_callback(_close_store, rt.store)
             # 2. buses and devices
             slots = await parts.open_devices(rt, stack) if parts.open_devices else []
@@ -207,10 +207,11 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
         log.error("error while shutting down: %s", exc, exc_info=True)
         return EXIT_CRASH
     took = clock.monotonic() - (stop_began if stop_began is not None else clock.monotonic())
+    closed = "; store closed" if rt.store is not None else ""
     if code == EXIT_OK:
-        log.info("stopped cleanly in %.1f s (%s); store closed", took, rt.stop_reason or "stop requested")
+        log.info("stopped cleanly in %.1f s (%s)%s", took, rt.stop_reason or "stop requested", closed)
     else:
-        log.info("stopped after a crash in %.1f s; store closed", took)
+        log.info("stopped after a crash in %.1f s%s", took, closed)
     return code
 
 
@@ -307,7 +308,13 @@ async def _close_store(store: Any) -> None:
 
 
 async def _open_store(rt: Runtime) -> Any:
-    from agent.store import Store
+    try:
+        from agent.store import Store
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("agent.store"):
+            log.warning("store not available in this build: nothing is recorded")
+            return None
+        raise
 
     opened = Store.open(rt.config.store_path, rt.clock, rt.config.store.synchronous)
     return await opened if isinstance(opened, Awaitable) else opened

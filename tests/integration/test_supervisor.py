@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import sys
 import tempfile
 import time
 
@@ -360,3 +361,120 @@ async def test_a_loop_that_returns_on_its_own_is_a_crash(workdir, notify, caplog
 def test_stuck_limit_leaves_room_for_slow_ticks():
     assert supervisor.stuck_limit(1.0) == 21.0
     assert supervisor.stuck_limit(60.0) == 180.0
+
+
+# ---------------------------------------------------------------- a real `evsite run` process
+
+SITE_TOML = """
+[site]
+name = "e2e site"
+poll_interval = 0.2
+state_dir = "{dir}/state"
+
+[uplink]
+enabled = false
+
+[limits]
+fuse_amps = 32
+
+[control]
+socket = "{dir}/control.sock"
+
+[[buses]]
+id = "lan"
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+
+[[buses]]
+id = "rs485"
+type = "rtu"
+port = "{dir}/ttyEVSE"
+baudrate = 19200
+parity = "E"
+
+[[devices]]
+id = "grid"
+role = "grid_meter"
+profile = "sunspec-203"
+bus = "lan"
+unit_id = 1
+
+[[devices]]
+id = "cp1"
+role = "charger"
+profile = "heidelberg-ec"
+bus = "rs485"
+unit_id = 1
+connector_id = 1
+fixed_current = 10
+max_current = 16
+"""
+
+
+@pytest.mark.e2e
+async def test_evsite_run_against_emulated_devices_then_sigterm(workdir):
+    """The production entry point as a process: real Modbus servers (TCP loopback and an
+    RTU pty), READY over a real notify socket, status over the control socket, SIGTERM
+    mid-run, exit 0 within 5 s with the shutdown logged."""
+    from pathlib import Path
+
+    from hil.emulator import RegisterImage, serve_rtu_pty, serve_tcp
+
+    meter, charger = RegisterImage("sunspec-203", unit_id=1), RegisterImage("heidelberg-ec", unit_id=1)
+    for q, v in (("current_l1", 12.0), ("current_l2", 11.0), ("current_l3", 10.0), ("voltage_l1", 230.0)):
+        meter.set(q, v)
+    charger.set("state", "C")
+    written = asyncio.Event()
+    charger.on_write(lambda q, v: written.set() if q == "current" and v == 10.0 else None)
+    notify_path = os.path.join(workdir, "notify")
+    nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    nsock.bind(notify_path)
+    nsock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    async with await serve_tcp("127.0.0.1", 0, [meter]) as tcp, \
+            await serve_rtu_pty([charger], os.path.join(workdir, "ttyEVSE"), baudrate=19200, parity="E"):
+        cfg = Path(workdir) / "site.toml"
+        cfg.write_text(SITE_TOML.format(dir=workdir, port=tcp.port))
+        env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env.update(NOTIFY_SOCKET=notify_path, PYTHONUNBUFFERED="1")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
+            cwd=str(Path(__file__).resolve().parents[2]), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        output = asyncio.create_task(proc.stdout.read())
+        try:
+            async with asyncio.timeout(20):
+                msg = ""
+                while not msg.startswith("READY=1"):
+                    msg = (await loop.sock_recv(nsock, 4096)).decode()
+                await written.wait()  # the fixed current reached the charger over RTU
+                client = ControlClient(os.path.join(workdir, "control.sock"))
+                status = await client.status()
+                # READY and the write came after a tick in which the charger answered;
+                # the grid meter may need one more tick (SunSpec discovery)
+                while any(d["stale"] for d in status["devices"]):
+                    assert proc.returncode is None, "agent exited"
+                    status = await client.status()
+            devs = {d["id"]: d for d in status["devices"]}
+            assert devs["grid"]["error"] is None and devs["cp1"]["error"] is None
+            assert status["site"]["grid"]["current"] == [12.0, 11.0, 10.0]
+            [con] = status["connectors"]
+            assert con["state"] == "C" and con["setpoint"]["amps"] == 10.0
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                code = await proc.wait()
+            took = time.monotonic() - t0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            text = (await output).decode()
+            nsock.close()
+    assert code == 0, text
+    assert took < 5.0
+    assert "stopping: SIGTERM" in text and "stopped cleanly in" in text
+    assert "Traceback" not in text and "ERROR" not in text
+    assert not os.path.exists(os.path.join(workdir, "control.sock"))
