@@ -478,3 +478,29 @@ async def test_evsite_run_against_emulated_devices_then_sigterm(workdir):
     assert "stopping: SIGTERM" in text and "stopped cleanly in" in text
     assert "Traceback" not in text and "ERROR" not in text
     assert not os.path.exists(os.path.join(workdir, "control.sock"))
+
+
+# ---------------------------------------------------------------- evsite run: config errors
+
+def test_run_with_an_invalid_config_prints_every_error_and_exits_2(workdir, capsys):
+    import argparse
+    from pathlib import Path
+
+    from agent import cli_run
+
+    cfg = Path(workdir) / "site.toml"
+    cfg.write_text('[site]\npoll_interval = 0\n\n[limits]\nfuse_amps = 32\n\n[bogus]\nx = 1\n')
+    assert cli_run.run(argparse.Namespace(config=str(cfg), log_level=None)) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:2: site.poll_interval" in err
+    assert "bogus" in err
+    assert err.strip().endswith("not starting")
+    assert cli_run.run(argparse.Namespace(config=str(cfg) + ".missing", log_level=None)) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_cli_lists_the_runtime_commands():
+    from agent.cli import build_parser
+
+    text = build_parser().format_help()
+    assert all(cmd in text for cmd in ("run", "status", "profiles"))
