@@ -50,29 +50,39 @@ async def close_quietly(thing: Any, what: str, timeout: float = CLOSE_TIMEOUT) -
             if inspect.isawaitable(result):
                 await result
     except TimeoutError:
-        log.warning("%s did not close within %.1f s; abandoned", what, timeout)
+        log.warning("%s did not close within %g s; abandoned", what, timeout)
     except Exception as exc:
         log.warning("%s: error while closing: %s: %s", what, type(exc).__name__, exc)
 
 
+async def close_all(things: list[tuple[Any, str]], timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close many at once: shutdown time is one close timeout, not one per device."""
+    await asyncio.gather(*(close_quietly(thing, what, timeout) for thing, what in things))
+
+
 async def open_devices(config: SiteConfig, clock: Clock, stack: AsyncExitStack) -> list[DeviceSlot]:
-    """Build every bus and device of the config; closing is registered on ``stack``."""
+    """Build every bus and device of the config; closing is registered on ``stack``
+    (devices first, then their buses), including for what was built before a failure."""
     from drivers.registry import build_bus, build_device
 
+    opened_buses: list[tuple[Any, str]] = []
+    opened_devices: list[tuple[Any, str]] = []
+    stack.push_async_callback(close_all, opened_buses)
+    stack.push_async_callback(close_all, opened_devices)
     buses: dict[str, Any] = {}
     for bus_cfg in config.buses:
         bus = build_bus(bus_cfg, clock)
         if inspect.isawaitable(bus):
             bus = await bus
         buses[bus_cfg.id] = bus
-        stack.push_async_callback(close_quietly, bus, f"bus {bus_cfg.id}")
+        opened_buses.append((bus, f"bus {bus_cfg.id}"))
     slots = []
     for dev_cfg in config.devices:
         driver = build_device(dev_cfg, buses[dev_cfg.bus], clock)
         if inspect.isawaitable(driver):
             driver = await driver
         info = device_info(dev_cfg)
-        stack.push_async_callback(close_quietly, driver, f"device {info.describe()}")
+        opened_devices.append((driver, f"device {info.describe()}"))
         slots.append(DeviceSlot(info, driver))
     return slots
 

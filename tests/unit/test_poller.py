@@ -426,3 +426,44 @@ def test_site_state_rejects_naive_time_and_unknown_devices():
     info = meter_slot(FakeMeter("grid", SimClock())).info
     with pytest.raises(ValueError, match="unknown device\\(s\\): \\['ghost'\\]"):
         SiteState(taken_at=T0, monotonic=0.0, tick=0, health={"ghost": DeviceHealth("ghost")}, devices={"grid": info})
+
+
+# ---------------------------------------------------------------- agent/site/devices.py
+
+def test_fixed_setpoints_use_fixed_current_else_max_current():
+    from agent.config.model import DeviceSection, LimitsSection, SiteConfig
+    from agent.site.devices import fixed_setpoints
+
+    cfg = SiteConfig(limits=LimitsSection(fuse_amps=32), devices=[
+        DeviceSection(id="a", profile="p", bus="b", role="charger", connector_id=1, fixed_current=10.0),
+        DeviceSection(id="b", profile="p", bus="b", role="charger", connector_id=2, max_current=20.0, phases=1),
+        DeviceSection(id="c", profile="p", bus="b", role="charger", connector_id=3, fixed_current=0.0),
+        DeviceSection(id="g", profile="p", bus="b", role="grid_meter"),
+    ])
+    assert fixed_setpoints(cfg)(None) == {
+        1: Setpoint(10.0, 3, True), 2: Setpoint(20.0, 1, True), 3: Setpoint(0.0, 3, False),
+    }
+
+
+async def test_close_quietly_survives_errors_and_hangs(caplog):
+    from agent.site.devices import close_all
+
+    class Hangs:
+        async def close(self):
+            await asyncio.Event().wait()
+
+    class Fails:
+        async def close(self):
+            raise DeviceError("port vanished")
+
+    class Fine:
+        closed = False
+
+        async def close(self):
+            Fine.closed = True
+
+    await close_all([(Hangs(), "device a"), (Fails(), "device b"), (Fine(), "device c")], timeout=0.01)
+    assert Fine.closed
+    text = caplog.text
+    assert "device a did not close within 0.01 s; abandoned" in text
+    assert "device b: error while closing: DeviceError: port vanished" in text
