@@ -37,9 +37,8 @@ from websockets.typing import Subprotocol
 
 from agent import __version__
 from agent.clock import Clock, SystemClock
-from agent.logsetup import redact
 from agent.uplink.backoff import Backoff
-from agent.uplink.security import Credentials, build_credentials, describe_tls_failure
+from agent.uplink.security import Credentials, build_credentials, describe_tls_failure, redacting_logger
 
 log = logging.getLogger("evsite.uplink")
 
@@ -143,21 +142,6 @@ class UplinkOptions:
         return cls(**kwargs)
 
 
-class _RedactingLogger(logging.LoggerAdapter):
-    """Hands websockets a logger whose every line passes through ``redact``: its DEBUG
-    output includes the request headers, Authorization among them."""
-
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
-        if not self.isEnabledFor(level):
-            return
-        try:
-            text = str(msg) % args if args else str(msg)
-        except (TypeError, ValueError):
-            text = f"{msg!r} {args!r}"
-        kwargs.pop("stacklevel", None)
-        self.logger.log(level, redact(text), stacklevel=3, **kwargs)
-
-
 class _AttemptFailed(Exception):
     pass
 
@@ -197,8 +181,9 @@ class UplinkConnection:
         self.last_disconnect: str | None = None
         self.next_delay: float | None = None
         self._stop = asyncio.Event()
-        self._waiters: list[tuple[frozenset[ConnState], asyncio.Future[ConnState]]] = []
-        self._ws_log = _RedactingLogger(logging.getLogger("evsite.uplink.websocket"), {})
+        self.attempts = 0             # connection attempts started
+        self._waiters: list[tuple[Callable[[UplinkConnection], bool], asyncio.Future[None]]] = []
+        self._ws_log = redacting_logger("evsite.uplink.websocket")
 
     # ---- what others read -------------------------------------------------------------
 
@@ -211,19 +196,24 @@ class UplinkConnection:
     def connected(self) -> bool:
         return self.state is ConnState.CONNECTED
 
-    async def wait_state(self, *states: ConnState, timeout: float | None = None) -> ConnState:
-        """Until the state is one of ``states`` (now or later). For tests and the supervisor."""
-        if self.state in states:
-            return self.state
-        fut: asyncio.Future[ConnState] = asyncio.get_running_loop().create_future()
-        entry = (frozenset(states), fut)
+    async def wait_until(self, predicate: Callable[[UplinkConnection], bool], timeout: float | None = None) -> None:
+        """Until ``predicate(self)`` holds; checked now and at every state change."""
+        if predicate(self):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (predicate, fut)
         self._waiters.append(entry)
         try:
             async with asyncio.timeout(timeout):
-                return await fut
+                await fut
         finally:
             if entry in self._waiters:
                 self._waiters.remove(entry)
+
+    async def wait_state(self, *states: ConnState, timeout: float | None = None) -> ConnState:
+        """Until the state is one of ``states`` (now or later). For tests and the supervisor."""
+        await self.wait_until(lambda c: c.state in states, timeout)
+        return self.state
 
     async def wait_connected(self, timeout: float | None = None) -> Link:
         await self.wait_state(ConnState.CONNECTED, timeout=timeout)
@@ -241,6 +231,7 @@ class UplinkConnection:
         self._stop.clear()
         try:
             while not self._stop.is_set():
+                self.attempts += 1
                 self._set_state(ConnState.CONNECTING)
                 try:
                     ws = await self._open()
@@ -384,9 +375,9 @@ class UplinkConnection:
 
     def _set_state(self, state: ConnState) -> None:
         self.state = state
-        for states, fut in list(self._waiters):
-            if state in states and not fut.done():
-                fut.set_result(state)
+        for predicate, fut in list(self._waiters):
+            if not fut.done() and predicate(self):
+                fut.set_result(None)
 
     async def _call_hook(self, hook: Hook | None, *args: Any) -> None:
         if hook is None:

@@ -15,13 +15,14 @@ line can carry them, whichever logger writes it.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.logsetup import register_secret
+from agent.logsetup import redact, register_secret
 
 PROFILE_NAMES = {0: "no security", 1: "basic auth", 2: "TLS + basic auth", 3: "TLS client certificate"}
 
@@ -213,3 +214,24 @@ def describe_tls_failure(exc: BaseException) -> tuple[str, str] | None:
             return "TLSHandshakeFailed", f"TLS handshake with the CSMS failed: {reason}"
         e = e.__cause__ or e.__context__
     return None
+
+
+class _RedactingLogger(logging.LoggerAdapter):
+    """Every line rendered, then passed through ``redact``, before any handler sees it."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            text = f"{msg!r} {args!r}"
+        kwargs.pop("stacklevel", None)
+        self.logger.log(level, redact(text), stacklevel=3, **kwargs)  # type: ignore[arg-type]
+
+
+def redacting_logger(name: str) -> logging.LoggerAdapter:
+    """A logger to hand to libraries that log secrets at DEBUG (websockets logs every
+    handshake header, Authorization among them): the masking happens here, whatever
+    handlers the process has, so it also holds in tests and under another log setup."""
+    return _RedactingLogger(logging.getLogger(name), {})

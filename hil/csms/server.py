@@ -49,6 +49,7 @@ from websockets.headers import parse_authorization_basic
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from agent.uplink.security import redacting_logger
 from hil.csms.answers import Answers, Behaviour, TxRecord
 from hil.csms.handlers import CENTRAL
 from hil.csms.log import Message, MessageLog, Predicate
@@ -198,7 +199,7 @@ class TestCsms:
             ping_interval=None,
             close_timeout=1.0,
             max_size=self.max_message,
-            logger=logging.getLogger("hil.csms.websocket"),
+            logger=redacting_logger("hil.csms.websocket"),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("test CSMS listening on %s (OCPP %s)", self.url, " + ".join(self.versions))
