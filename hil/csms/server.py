@@ -182,6 +182,7 @@ class TestCsms:
         self._memory: dict[str, _StationMemory] = {}
         self._responders: dict[str, Responder] = {}
         self._ids = itertools.count(1)
+        self._sent_calls: dict[str, str] = {}   # unique id -> action of every CSMS call (late answers too)
         self._server: Server | None = None
         self._links_changed = asyncio.Event()
 
@@ -345,6 +346,7 @@ class TestCsms:
         link = self._link(station)
         async with link.call_lock:
             uid = f"csms-{next(self._ids)}"
+            self._sent_calls[uid] = action
             fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             link.pending[uid] = (action, fut)
             try:
@@ -475,7 +477,7 @@ class TestCsms:
             link.queue.put_nowait((msg, raw))
             return
         pending = link.pending.get(msg.unique_id)
-        action = pending[0] if pending else None
+        action = self._sent_calls.get(msg.unique_id)
         if isinstance(msg, CallError):
             payload: Any = {"code": msg.error_code, "description": msg.error_description, "details": msg.error_details}
             entry = self._log(raw=raw, kind="error", unique_id=msg.unique_id, action=action, payload=payload, **common)

@@ -412,3 +412,23 @@ def test_client_key_must_be_0600(pki):
     os.chmod(client.key, 0o644)
     with pytest.raises(SecurityConfigError, match="client key .* mode 0644"):
         build_credentials(url="wss://h", station_id="ST1", profile=3, ca_bundle=pki.ca, client_cert=client.cert, client_key=client.key)
+
+
+def test_options_from_the_site_config(tmp_path):
+    from agent.config.model import UplinkSection
+
+    section = UplinkSection(
+        url="ws://csms.example:9000/ocpp", station_id="SITE 7", ocpp="2.0.1", offer_both=True,
+        security_profile=1, password_file=str(password_file(tmp_path)), ping_interval=0,
+        backoff_initial=2.0, backoff_max=60.0,
+    )
+    o = UplinkOptions.from_config(section)
+    assert o.versions == ("2.0.1", "1.6")
+    assert o.endpoint == "ws://csms.example:9000/ocpp/SITE%207"
+    assert o.ping_interval is None and o.effective_ping_timeout is None
+    assert (o.backoff_initial, o.backoff_max) == (2.0, 60.0)
+    assert o.credentials.profile == 1 and o.credentials.headers()["Authorization"].startswith("Basic ")
+    only = UplinkOptions.from_config(UplinkSection(url="ws://h", station_id="S"))
+    assert only.versions == ("1.6",) and only.credentials.headers() == {}
+    with pytest.raises(SecurityConfigError, match="needs a wss:// URL"):
+        UplinkOptions.from_config(UplinkSection(url="ws://h", station_id="S", security_profile=2))
