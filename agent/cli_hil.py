@@ -100,6 +100,9 @@ async def _run(config: Any, scenario: Any, args: argparse.Namespace) -> int:
             where = f"tcp {server.host}:{server.port}" if hasattr(server, "host") else f"rtu {server.link_path}"
             ids = ", ".join(d.id for d in config.devices if d.bus == bus_id)
             print(f"  bus {bus_id}: {where} ({ids})", flush=True)
+        for bus_id, where in rig.real_buses.items():
+            ids = ", ".join(d.id for d in config.devices if d.bus == bus_id)
+            print(f"  bus {bus_id}: real hardware at {where}, not emulated ({ids})", flush=True)
         waits = [asyncio.create_task(stop.wait(), name="hil:stop"),
                  asyncio.create_task(rig.crashed.wait(), name="hil:crashed")]
         if args.duration is not None:

@@ -247,10 +247,10 @@ class ChargerModel:
         offer = self.offered(now)
         if ev is None:
             self.state, draw, self._offer_since = "A", 0.0, None
-        elif ev.full:
-            self.state, draw = ev.full_state, 0.0
         elif offer <= 0:
             self.state, draw, self._offer_since = "B", 0.0, None
+        elif ev.full:
+            self.state, draw = ev.full_state, 0.0
         else:
             if self._offer_since is None:
                 self._offer_since = now

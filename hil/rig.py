@@ -10,6 +10,10 @@ Time: the model follows the injected clock. ``speed`` > 1 runs the site faster t
 real time (a ``ScaledClock``); tests pass a ``SimClock`` and advance it, so what the
 model did is exact while the Modbus traffic stays real.
 
+A bus that points at real hardware (a TCP host other than loopback, an RTU port that is
+a real serial device) is left alone, so one device on the bench can be tested inside an
+otherwise emulated site; scenario events cannot target its devices.
+
 Ground truth for tests (what the physics says, not what a driver read): ``charger``,
 ``ev``, ``meter``, ``register`` and the ``site`` itself.
 """
@@ -60,8 +64,10 @@ class Rig:
             raise RigError(f"speed must be > 0, got {speed!r}")
         if not tick > 0:
             raise RigError(f"tick must be > 0 s, got {tick!r}")
+        #: buses left to real hardware (bus id -> where), with their devices
+        self.real_buses = {b.id: where for b in config.buses if (where := real_hardware(b))}
         if scenario is not None:
-            problems = check_against(scenario, config)
+            problems = check_against(scenario, config) + _events_on_real_devices(scenario, config, self.real_buses)
             if problems:
                 raise RigError("scenario does not fit the site:\n" + "\n".join(problems))
         self.config = config
@@ -69,7 +75,8 @@ class Rig:
         self.clock: Clock = clock or (ScaledClock(speed) if speed != 1.0 else SystemClock())
         self.tick = tick
         self.on_event = on_event
-        self.site = EmulatedSite(config, self.clock, base_load=scenario.base_load if scenario else None)
+        self.site = EmulatedSite(config, self.clock, base_load=scenario.base_load if scenario else None,
+                                 skip_buses=set(self.real_buses))
         self.servers: dict[str, TcpServerHandle | RtuServerHandle] = {}
         #: (seconds since start, event) for every event applied so far
         self.applied: list[tuple[float, Event]] = []
@@ -90,7 +97,7 @@ class Rig:
         try:
             for bus in self.config.buses:
                 images = self.site.images_on(bus.id)
-                if images:
+                if images and bus.id not in self.real_buses:
                     self.servers[bus.id] = await _serve(bus, images)
         except BaseException:
             await self._close_servers()
@@ -153,7 +160,7 @@ class Rig:
         """One line: grid current per phase, then each charger's state, amps and energy."""
         parts = [f"t={self.elapsed():7.1f}s"]
         grid = self.config.grid_meter()
-        if grid is not None:
+        if grid is not None and grid.id in self.site.meters:
             r = self.meter(grid.id)
             parts.append(f"{grid.id} " + "/".join(f"{a:.1f}" for a in r.current) + f" A {r.power_total / 1000:.1f} kW")
         for cid, c in self.site.chargers.items():
@@ -222,13 +229,37 @@ class Rig:
                 log.warning("closing an emulated server: %r", r)
 
 
+def _events_on_real_devices(scenario: Scenario, config: SiteConfig, real_buses: dict[str, str]) -> list[str]:
+    real = {d.id: d.bus for d in config.devices if d.bus in real_buses}
+    return [f"{scenario.source}: event {e.index}: device: {e.device} is real hardware (bus {real[e.device]} "
+            f"at {real_buses[real[e.device]]}); a scenario can only {e.action.replace('_', ' ')} an emulated device"
+            for e in scenario.events if e.device in real]
+
+
+def real_hardware(bus: BusSection) -> str:
+    """Where a bus reaches real hardware ("" when the rig should emulate it).
+
+    The rig emulates what points at this machine, so a rig config can put one real
+    device on the bench and leave the rest emulated: a TCP bus on another host, or an
+    RTU bus whose port is a real serial device (not a pseudo-terminal), is left alone.
+    A path the rig made earlier (a link to a pty, or a dangling link) is emulated again.
+    """
+    if bus.type == "tcp":
+        host = bus.host or "127.0.0.1"
+        return "" if host in LOOPBACK else f"{host}:{bus.port if bus.port not in ('', None) else 502}"
+    path = Path(str(bus.port))
+    if not str(bus.port) or not path.exists():
+        return ""
+    target = path.resolve()
+    if target.is_char_device() and not str(target).startswith("/dev/pts/") and target != Path("/dev/ptmx"):
+        return str(path)
+    return ""
+
+
 async def _serve(bus: BusSection, images: list[RegisterImage]) -> TcpServerHandle | RtuServerHandle:
     """One server for a configured bus, or a RigError saying why it cannot be."""
     if bus.type == "tcp":
         host = bus.host or "127.0.0.1"
-        if host not in LOOPBACK:
-            raise RigError(f"bus {bus.id}: host {host!r} is not loopback; the rig serves on 127.0.0.1 "
-                           f"only (point the bus at 127.0.0.1 to emulate it)")
         port = int(bus.port) if bus.port not in ("", None) else 502
         try:
             return await serve_tcp(host, port, images)
@@ -243,8 +274,11 @@ async def _serve(bus: BusSection, images: list[RegisterImage]) -> TcpServerHandl
     if not str(bus.port):
         raise RigError(f"bus {bus.id}: an RTU bus needs a port path for the pseudo-terminal link")
     if path.exists() and not path.is_symlink():
-        raise RigError(f"bus {bus.id}: {path} exists and is not a symlink; the rig will not replace "
-                       f"a real serial device or file")
+        raise RigError(f"bus {bus.id}: {path} exists and is neither a serial device nor a link the rig "
+                       f"made; the rig will not replace it")
+    if path.is_symlink() and path.exists() and not str(path.resolve()).startswith("/dev/pts/"):
+        raise RigError(f"bus {bus.id}: {path} links to {path.resolve()}, not to a pseudo-terminal; "
+                       f"the rig will not replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return await serve_rtu_pty(images, str(path), baudrate=bus.baudrate, parity=bus.parity,

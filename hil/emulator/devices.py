@@ -16,12 +16,14 @@ Choices that make the emulation behave like the hardware the profiles describe:
   read back what the client wrote; the model only fills them once, at start.
 - A grid meter measures the base load and every charger; a sub-meter measures the
   chargers whose ``meter`` names it, or, when none does, the whole site (a check meter).
+- Devices on ``skip_buses`` (real hardware on the bench) are not emulated at all; the
+  emulated meters know nothing of what real chargers draw.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from agent.clock import Clock
 from agent.config.model import DeviceSection, SiteConfig
@@ -131,7 +133,8 @@ class EmulatedMeter(_Emulated):
 class EmulatedSite:
     """Every device of a site config, emulated on one model and one clock."""
 
-    def __init__(self, config: SiteConfig, clock: Clock, *, base_load: dict[str, float] | None = None) -> None:
+    def __init__(self, config: SiteConfig, clock: Clock, *, base_load: dict[str, float] | None = None,
+                 skip_buses: Collection[str] = ()) -> None:
         self.config = config
         self.clock = clock
         self.model = SiteModel(GridModel(), now=clock.monotonic())
@@ -139,14 +142,16 @@ class EmulatedSite:
             self.model.grid.set_base(base_load)
         self.chargers: dict[str, EmulatedCharger] = {}
         self.meters: dict[str, EmulatedMeter] = {}
-        for cfg in config.chargers():
+        emulated = [d for d in config.devices if d.bus not in skip_buses]
+        chargers = [d for d in emulated if d.role == "charger"]
+        for cfg in chargers:
             profile = load_profile(cfg.profile)
             model = self.model.add_charger(charger_model(cfg, profile, now=self.model.now))
             self.chargers[cfg.id] = EmulatedCharger(cfg, profile, model, clock, self.publish)
-        for cfg in config.devices:
+        for cfg in emulated:
             if cfg.role == "charger":
                 continue
-            behind = [c.id for c in config.chargers() if c.meter == cfg.id]
+            behind = [c.id for c in chargers if c.meter == cfg.id]
             whole_site = cfg.role == "grid_meter" or not behind
             meter = self.model.add_meter(cfg.id, None if whole_site else behind)
             self.meters[cfg.id] = EmulatedMeter(cfg, load_profile(cfg.profile), meter, self.model)

@@ -242,25 +242,41 @@ async def test_rig_stops_cleanly_and_removes_its_pty_link(tmp_path):
         await asyncio.open_connection("127.0.0.1", port)
 
 
-async def test_rig_refuses_sites_it_cannot_emulate(tmp_path):
+async def test_rig_leaves_real_hardware_alone_and_refuses_to_replace_files(tmp_path):
     cfg = site_config(tmp_path)
-    cfg.bus("lan").host = "192.0.2.10"
-    with pytest.raises(RigError, match="bus lan: host '192.0.2.10' is not loopback"):
-        await Rig(cfg, None, SimClock()).start()
-    assert not os.path.lexists(tmp_path / "dev" / "ttyRS485")
+    cfg.bus("lan").host, cfg.bus("lan").port = "192.0.2.10", 502     # a real device on the bench
+    async with Rig(cfg, None, SimClock()) as rig:
+        assert rig.real_buses == {"lan": "192.0.2.10:502"}
+        assert set(rig.servers) == {"rs485"}
+        assert set(rig.site.devices) == {"heidelberg"}
+    event = '[[events]]\nat = 1\naction = "silent"\ndevice = "grid"\n'
+    with pytest.raises(RigError, match="event 1: device: grid is real hardware .*only silent an emulated"):
+        Rig(cfg, parse_scenario(event, "s.toml"), SimClock())
 
     cfg = site_config(tmp_path)
-    (tmp_path / "dev").mkdir(exist_ok=True)
-    (tmp_path / "dev" / "ttyRS485").write_text("a real file")
-    with pytest.raises(RigError, match="exists and is not a symlink"):
-        await Rig(cfg, None, SimClock()).start()
+    link = tmp_path / "dev" / "ttyRS485"
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to("/dev/null")                       # a character device that is not a pty
+    async with Rig(cfg, None, SimClock()) as rig:
+        assert "rs485" in rig.real_buses and "rs485" not in rig.servers
+    assert os.readlink(link) == "/dev/null"            # untouched
 
+    link.unlink()
+    link.write_text("a file")
+    with pytest.raises(RigError, match="exists and is neither a serial device nor a link the rig made"):
+        await Rig(site_config(tmp_path), None, SimClock()).start()
+    assert link.read_text() == "a file"
+
+
+async def test_rig_refuses_scenarios_and_arguments_that_do_not_fit(tmp_path):
     bad = parse_scenario('[[events]]\nat = 1\naction = "unplug"\ndevice = "grid"\n'
                          '[[events]]\nat = 0\naction = "plug"\ndevice = "grid"\n', "bad.toml")
     with pytest.raises(RigError, match="grid is a grid_meter; only a charger takes an EV"):
         Rig(site_config(tmp_path), bad, SimClock())
     with pytest.raises(RigError, match="a clock or a speed"):
         Rig(site_config(tmp_path), None, SimClock(), 10)
+    with pytest.raises(RigError, match="speed must be > 0"):
+        Rig(site_config(tmp_path), None, None, 0)
 
 
 async def test_port_in_use_is_a_clear_error(tmp_path):

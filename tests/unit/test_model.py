@@ -241,3 +241,13 @@ def test_bad_commands_and_base_loads_are_refused():
         g.set_base([1, 2])
     with pytest.raises(ValueError, match="phase must be one of"):
         g.set_base(3, phase="L4")
+
+
+def test_full_ev_shows_b_when_the_charger_pauses_even_if_it_stays_in_c_when_offered():
+    c = ChargerModel("c1")
+    site = site_with(c)
+    c.plug(Ev(soc=1.0, full_state="C"), site.now)
+    c.command(site.now, current=16)
+    assert c.state == "C"
+    c.command(site.now, current=0)
+    assert c.state == "B"
