@@ -21,7 +21,6 @@ Ground truth for tests (what the physics says, not what a driver read): ``charge
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -115,9 +114,7 @@ class Rig:
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)   # a crash is in self.error already
         await self._close_servers()
 
     async def __aenter__(self) -> Rig:

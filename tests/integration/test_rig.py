@@ -394,3 +394,18 @@ def test_evsite_hil_bad_scenario_names_file_event_and_key(tmp_path):
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2
     assert f"{bad}:1: event 1: ev.soc: must be between 0 and 1" in err and "Traceback" not in err
+
+
+async def test_a_crashing_event_is_reported_and_stop_still_closes_everything(tmp_path):
+    rig = Rig(site_config(tmp_path), parse_scenario('[[events]]\nat = 1\naction = "silent"\ndevice = "grid"\n'),
+              SimClock())
+
+    def boom(at, event):
+        raise RuntimeError("observer failed")
+
+    rig.on_event = boom
+    await rig.start()
+    await rig.clock.advance(1.0)                      # type: ignore[attr-defined]
+    assert rig.crashed.is_set() and "observer failed" in repr(rig.error)
+    await rig.stop()
+    assert not rig.servers and not os.path.lexists(tmp_path / "dev" / "ttyRS485")
