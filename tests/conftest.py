@@ -10,6 +10,9 @@ import asyncio
 
 import pytest
 
+#: every message a test CSMS receives is checked against the OCPP JSON schemas
+pytest_plugins = ["tests.ocpp_schemas"]
+
 
 @pytest.fixture(autouse=True)
 async def no_leaked_tasks():

@@ -453,8 +453,9 @@ async def test_evsite_run_against_emulated_devices_then_sigterm(workdir):
                 client = ControlClient(os.path.join(workdir, "control.sock"))
                 status = await client.status()
                 # READY and the write came after a tick in which the charger answered;
-                # the grid meter may need one more tick (SunSpec discovery)
-                while any(d["stale"] for d in status["devices"]):
+                # the grid meter may need one more tick (SunSpec discovery), and the agent
+                # records the setpoint only once the charger's write response is back
+                while any(d["stale"] for d in status["devices"]) or status["connectors"][0]["setpoint"] is None:
                     assert proc.returncode is None, "agent exited"
                     status = await client.status()
             devs = {d["id"]: d for d in status["devices"]}
