@@ -67,6 +67,12 @@ class Runtime:
     store: Any = None
     poller: Poller | None = None
     sessions: Any = None
+    #: agent.settings.Settings (the OCPP-configurable settings), built with the sessions
+    settings: Any = None
+    #: agent.auth.Authorizer; the uplink sets its ``online``/``is_online`` hooks
+    authorizer: Any = None
+    #: the load-management controller (the poller's setpoint policy), when configured
+    energy: Any = None
     uplink: Any = None
     control: ControlServer | None = None
     stop_reason: str = ""
@@ -310,28 +316,35 @@ async def _close_store(store: Any) -> None:
 async def _open_store(rt: Runtime) -> Any:
     try:
         from agent.store import Store
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("agent.store"):
+    except ImportError as exc:
+        if (exc.name or "").startswith("agent.store"):
             log.warning("store not available in this build: nothing is recorded")
             return None
         raise
 
-    opened = Store.open(rt.config.store_path, rt.clock, rt.config.store.synchronous)
-    return await opened if isinstance(opened, Awaitable) else opened
+    return await Store.open(rt.config.store_path, rt.clock, synchronous=rt.config.store.synchronous,
+                            outbox_max=rt.config.store.outbox_max)
 
 
 async def _open_sessions(rt: Runtime, stack: AsyncExitStack) -> Any:
+    """Settings, the authorizer and the session manager, which need one another and the
+    store. The authorizer starts offline; the uplink plugs in its Authorize call."""
     try:
         from agent.sessions import SessionManager
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("agent.sessions"):
+        from agent.settings import Settings
+    except ImportError as exc:  # not built yet (a missing third-party module is a real error)
+        if (exc.name or "").startswith(("agent.sessions", "agent.settings")):
             log.warning("sessions not available in this build: no transactions are recorded")
             return None
         raise
-    manager = SessionManager(rt.config, rt.store, rt.clock)
-    start = getattr(manager, "start", None)
-    if start is not None:
-        await start()
+    from agent.auth import Authorizer
+
+    if rt.store is None:
+        raise RuntimeError("sessions need the store, which did not open")
+    rt.settings = await Settings.load(rt.store, rt.config)
+    rt.authorizer = Authorizer(rt.store, policy=rt.settings.auth_policy, clock=rt.clock, is_online=lambda: False)
+    manager = SessionManager(rt.config, rt.store, rt.clock, rt.authorizer, rt.settings)
+    await manager.start()
     if hasattr(manager, "close"):
         stack.push_async_callback(site_devices.close_quietly, manager, "sessions")
     return manager
