@@ -43,8 +43,11 @@ class EventLogMixin:
         if not isinstance(event, Event):
             raise StoreError(f"record: expected an event, got {type(event).__name__}")
         op = f"record {event.kind}"
-        body = json_text(event.to_json(), op)
         at = time_text(event.at, f"{op} at")
+        try:
+            body = json_text(event.to_json(), op)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{op}: event not storable ({exc})") from None
         tx_id = getattr(event, "tx_id", None)
         now = time_text(self._clock.now())
         seq: int | None = None
