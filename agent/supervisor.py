@@ -52,7 +52,8 @@ log = logging.getLogger("evsite.supervisor")
 
 #: how long a stop request waits for the poll tick in progress before cancelling it
 STOP_GRACE = 2.0
-EXIT_OK, EXIT_CRASH = 0, 1
+#: exit codes: 75 (EX_TEMPFAIL) asks systemd for a restart after a reset/update
+EXIT_OK, EXIT_CRASH, EXIT_RESTART = 0, 1, 75
 
 
 @dataclass
@@ -73,16 +74,26 @@ class Runtime:
     authorizer: Any = None
     #: the load-management controller (the poller's setpoint policy), when configured
     energy: Any = None
+    #: agent.charging_profiles.ProfileBook: the CSMS's charging profiles (both versions)
+    profiles: Any = None
     uplink: Any = None
     control: ControlServer | None = None
     stop_reason: str = ""
     #: monotonic time the stop began (signal, request or crash)
     stop_began: float | None = None
+    #: set by request_restart: the agent exits with EXIT_RESTART so systemd starts it again
+    restart: bool = False
 
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():
             self.stop_reason = reason
             self.stop.set()
+
+    def request_restart(self, reason: str) -> None:
+        """A reset or an update: stop cleanly, then exit non-zero so that systemd
+        (Restart=on-failure) starts the agent again."""
+        self.restart = True
+        self.request_stop(reason)
 
 
 @dataclass
@@ -174,6 +185,9 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
                 rt.sessions = await parts.open_sessions(rt, stack)
                 if rt.sessions is not None:
                     poller.add_consumer(rt.sessions.on_site_state)
+                    if hasattr(rt.sessions, "may_draw"):  # the real SessionManager (tests may use less)
+                        poller.policy = gate_by_sessions(poller.policy, rt.sessions)
+                        _sessions_control(rt)
             # 4. uplink
             if parts.open_uplink is not None:
                 rt.uplink = await stack.enter_async_context(parts.open_uplink(rt))
@@ -214,6 +228,9 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
         return EXIT_CRASH
     took = clock.monotonic() - (stop_began if stop_began is not None else clock.monotonic())
     closed = "; store closed" if rt.store is not None else ""
+    if code == EXIT_OK and rt.restart:
+        log.info("stopped for a restart in %.1f s (%s)%s", took, rt.stop_reason, closed)
+        return EXIT_RESTART
     if code == EXIT_OK:
         log.info("stopped cleanly in %.1f s (%s)%s", took, rt.stop_reason or "stop requested", closed)
     else:
@@ -343,11 +360,53 @@ async def _open_sessions(rt: Runtime, stack: AsyncExitStack) -> Any:
         raise RuntimeError("sessions need the store, which did not open")
     rt.settings = await Settings.load(rt.store, rt.config)
     rt.authorizer = Authorizer(rt.store, policy=rt.settings.auth_policy, clock=rt.clock, is_online=lambda: False)
+    from agent.charging_profiles import ProfileBook
+
     manager = SessionManager(rt.config, rt.store, rt.clock, rt.authorizer, rt.settings)
     await manager.start()
+    rt.profiles = await ProfileBook(rt.store, rt.settings).load()
+    profiles = rt.profiles
+
+    async def drop_tx_profiles() -> None:
+        # a TxProfile lives as long as its transaction
+        from agent.sessions.events import TransactionEnded
+        queue = manager.subscribe()
+        while True:
+            ev = await queue.get()
+            if isinstance(ev, TransactionEnded):
+                await profiles.transaction_ended(ev.connector_id)
+
+    manager._spawn(drop_tx_profiles(), "tx profile cleanup")
     if hasattr(manager, "close"):
         stack.push_async_callback(site_devices.close_quietly, manager, "sessions")
     return manager
+
+
+def gate_by_sessions(policy: SetpointPolicy | None, sessions: Any) -> SetpointPolicy | None:
+    """Energy flows only inside an authorized transaction: a connector without one is
+    held disabled whatever the allocator would give it."""
+    if policy is None:
+        return None
+
+    def gated(state: Any) -> dict[int, Any]:
+        from drivers.contract import Setpoint
+
+        out = dict(policy(state))
+        for cid, sp in out.items():
+            if not sessions.may_draw(cid):
+                out[cid] = Setpoint(amps=0.0, phases=sp.phases, enabled=False)
+        return out
+
+    return gated
+
+
+def _sessions_control(rt: Runtime) -> None:
+    """``evsite authorize`` and the ``sessions`` status section."""
+    from agent.cli_authorize import authorize_route
+
+    assert rt.control is not None
+    rt.control.add_status_section("sessions", rt.sessions.status_view)
+    rt.control.add_route("POST", "/authorize", authorize_route(rt.sessions))
 
 
 def _find_uplink() -> Callable[[Runtime], AbstractAsyncContextManager[Any]] | None:

@@ -409,6 +409,7 @@ unit_id = 1
 connector_id = 1
 fixed_current = 10
 max_current = 16
+free_charging_tag = "FREE"        # the session starts at plug-in: energy may flow
 """
 
 
@@ -463,6 +464,8 @@ async def test_evsite_run_against_emulated_devices_then_sigterm(workdir):
             assert status["site"]["grid"]["current"] == [12.0, 11.0, 10.0]
             [con] = status["connectors"]
             assert con["state"] == "C" and con["setpoint"]["amps"] == 10.0
+            [session] = status["sessions"]["connectors"]
+            assert session["tx_id"] is not None and session["status"] == "Charging"
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(10):

@@ -1,0 +1,131 @@
+"""Delivers the store's outbox to the CSMS: in order, exactly once, across any outage.
+
+Both OCPP adapters use this loop; what differs per version is behind ``Delivery``: how a
+queued event becomes a message, what to do with the answer, and which settings say how
+often to retry. Why each rule:
+
+- **Order.** Only the head row is ever in flight, and it is deleted only after its
+  CALLRESULT was handled, so a StopTransaction can never overtake its Start, and the
+  answer that carries the 1.6 transactionId is stored in the same SQLite transaction
+  that removes the Start from the outbox.
+- **Exactly once.** The message id is stored before the first send and reused on every
+  retry, so a CSMS that got the message but whose answer was lost sees the same id again
+  (the one retransmission the spec allows). A kill -9 between send and answer does the
+  same after the restart.
+- **Timeouts are not refusals.** A CALL that times out is retried on the same
+  connection after a pause, forever: the message is not at fault, the link is. Only a
+  CALLERROR counts against the attempts (TransactionMessageAttempts), after which the
+  row is dropped and kept in the store's dropped table for diagnostics.
+- **Nothing waits on this loop.** Sessions write to the store and go on; this loop is
+  woken by ``store.outbox_changed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ocpp.exceptions import OCPPError
+
+log = logging.getLogger("evsite.uplink.outbox")
+
+
+class Skip(Exception):
+    """Raised by ``Delivery.build``: this row is done without sending (e.g. a status
+    superseded by the one sent at boot); the message says why (debug log)."""
+
+
+class Drop(Exception):
+    """Raised by ``Delivery.build``: this row can never be sent (e.g. its transaction's
+    start was dropped); kept in the dropped table with the message as reason."""
+
+
+@dataclass
+class Outcome:
+    """What the adapter concluded from an answer: extra data to store atomically with
+    the row's removal (1.6: the transactionId of a StartTransaction)."""
+
+    csms_tx_id: Any = None
+
+
+class Delivery(Protocol):
+    async def build(self, row: Any) -> Any:
+        """The message payload for ``row`` (an ``ocpp`` call dataclass); may raise Skip/Drop."""
+
+    async def send(self, payload: Any, message_id: str) -> Any:
+        """Send and wait for the CALLRESULT payload; raises OCPPError for a CALLERROR,
+        TimeoutError when none came in time."""
+
+    async def handle(self, row: Any, payload: Any, result: Any) -> Outcome:
+        """Act on the answer (auth verdicts, ids) before the row is removed."""
+
+    def retry_policy(self, row: Any) -> tuple[int, float] | None:
+        """(attempts, interval s) for a refused transaction message; None: not a
+        transaction message, dropped at the first CALLERROR."""
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    retried_timeouts: int = 0
+    refused: int = 0
+    dropped: int = 0
+    skipped: int = 0
+
+
+async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Awaitable[None]],
+                  timeout_pause: float = 5.0, stats: DeliveryStats | None = None) -> None:
+    """Run until cancelled (the connection ended): drain the outbox, then wait for more."""
+    stats = stats or DeliveryStats()
+    while True:
+        store.outbox_changed.clear()
+        rows = await store.outbox_head(limit=1)
+        if not rows:
+            await store.outbox_changed.wait()
+            continue
+        row = rows[0]
+        try:
+            payload = await delivery.build(row)
+        except Skip as why:
+            log.debug("outbox %d skipped: %s", row.seq, why)
+            await store.outbox_done(row.seq)
+            stats.skipped += 1
+            continue
+        except Drop as why:
+            log.warning("outbox %d (%s) dropped: %s", row.seq, row.event.kind, why)
+            await store.outbox_drop(row.seq, str(why))
+            stats.dropped += 1
+            continue
+        message_id = row.message_id
+        if message_id is None:
+            message_id = str(uuid.uuid4())
+            await store.outbox_assign_message_id(row.seq, message_id)
+        try:
+            result = await delivery.send(payload, message_id)
+        except (TimeoutError, asyncio.TimeoutError):
+            stats.retried_timeouts += 1
+            log.warning("outbox %d (%s): no answer in time; sending it again with the same id", row.seq, row.event.kind)
+            await sleep(timeout_pause)
+            continue
+        except OCPPError as err:
+            stats.refused += 1
+            attempts = await store.outbox_failed_attempt(row.seq, f"{type(err).__name__}: {err}")
+            policy = delivery.retry_policy(row)
+            if policy is None or attempts >= policy[0]:
+                log.error("outbox %d (%s) refused by the CSMS %d time(s) (%s): dropped", row.seq, row.event.kind,
+                          attempts, err)
+                await store.outbox_drop(row.seq, f"CALLERROR after {attempts} attempt(s): {err}")
+                stats.dropped += 1
+                continue
+            pause = policy[1] * attempts
+            log.warning("outbox %d (%s) refused by the CSMS (%s): attempt %d of %d, next in %.0f s", row.seq,
+                        row.event.kind, err, attempts, policy[0], pause)
+            await sleep(pause)
+            continue
+        outcome = await delivery.handle(row, payload, result)
+        await store.outbox_done(row.seq, csms_tx_id=outcome.csms_tx_id)
+        stats.sent += 1
