@@ -15,6 +15,7 @@ purpose, stack level) replaces the old one (1.6 section 3.13.2).
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,17 @@ PURPOSES = ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")
 
 class ProfileError(ValueError):
     """Why a profile was refused (logged; 2.0.1 sends it as statusInfo)."""
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready copy: the ``ocpp`` library parses numbers as Decimal."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+    return value
 
 
 class ProfileBook:
@@ -47,6 +59,7 @@ class ProfileBook:
 
     async def put(self, connector_id: int, profile: dict[str, Any], *, tx_running: bool, tx_id: Any = None) -> None:
         """Install ``profile`` (1.6 camelCase shape) or raise ProfileError."""
+        profile = plain(profile)
         purpose = profile.get("chargingProfilePurpose")
         if purpose not in PURPOSES:
             raise ProfileError(f"chargingProfilePurpose {purpose!r} is not one of {', '.join(PURPOSES)}")

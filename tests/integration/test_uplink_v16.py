@@ -101,7 +101,12 @@ async def site(tmp_path: Path, *, tags: TagRule | None = None, extra: str = "", 
         done, _ = await asyncio.wait({agent, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
         assert waiter in done, f"agent did not get ready: {agent.result() if agent.done() else 'timeout'}"
         await csms.wait_connected(STATION, timeout=10)
-        yield box["rt"], rig, csms
+        rt = box["rt"]
+        # booted, and every connector read at least once
+        await wait_until(lambda: rt.sessions.link_online
+                         and all(c.recorded is not None and c.recorded.status.value != "Faulted"
+                                 for c in rt.sessions.connectors.values()), timeout=10)
+        yield rt, rig, csms
     finally:
         stop.set()
         code = await asyncio.wait_for(agent, 15)
