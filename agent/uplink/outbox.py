@@ -8,10 +8,11 @@ often to retry. Why each rule:
   CALLRESULT was handled, so a StopTransaction can never overtake its Start, and the
   answer that carries the 1.6 transactionId is stored in the same SQLite transaction
   that removes the Start from the outbox.
-- **Exactly once.** The message id is stored before the first send and reused on every
-  retry, so a CSMS that got the message but whose answer was lost sees the same id again
-  (the one retransmission the spec allows). A kill -9 between send and answer does the
-  same after the restart.
+- **Exactly once.** A row's message id is ``<store id>-<seq>``: the store's own random id
+  (made once, kept in the store) and the row's sequence number, which is never reused.
+  It is the same on every retry and after a restart without a write before the send, so
+  a CSMS that got the message but whose answer was lost sees the same id again (the one
+  retransmission the spec allows), and a kill -9 between send and answer does the same.
 - **Timeouts are not refusals.** A CALL that times out is retried on the same
   connection after a pause, forever: the message is not at fault, the link is. Only a
   CALLERROR counts against the attempts (TransactionMessageAttempts), after which the
@@ -77,10 +78,20 @@ class DeliveryStats:
     skipped: int = 0
 
 
+async def message_id_prefix(store: Any) -> str:
+    """This store's random id (12 hex digits), created on first use."""
+    prefix = await store.kv_get("outbox.message_id_prefix")
+    if not prefix:
+        prefix = uuid.uuid4().hex[:12]
+        await store.kv_set("outbox.message_id_prefix", prefix)
+    return str(prefix)
+
+
 async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Awaitable[None]],
                   timeout_pause: float = 5.0, stats: DeliveryStats | None = None) -> None:
     """Run until cancelled (the connection ended): drain the outbox, then wait for more."""
     stats = stats or DeliveryStats()
+    prefix = await message_id_prefix(store)
     while True:
         store.outbox_changed.clear()
         rows = await store.outbox_head(limit=1)
@@ -100,10 +111,7 @@ async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Aw
             await store.outbox_drop(row.seq, str(why))
             stats.dropped += 1
             continue
-        message_id = row.message_id
-        if message_id is None:
-            message_id = str(uuid.uuid4())
-            await store.outbox_assign_message_id(row.seq, message_id)
+        message_id = row.message_id or f"{prefix}-{row.seq}"
         try:
             result = await delivery.send(payload, message_id)
         except (TimeoutError, asyncio.TimeoutError):
