@@ -231,3 +231,15 @@ async def test_unknown_action_and_bad_payload_get_callerrors(tmp_path):
         ok = await csms.call(STATION, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"})
         assert ok == {"status": "Accepted"}
         await csms.wait_for("StatusNotification", station=STATION, predicate=lambda m: m.payload["status"] == "Unavailable")
+
+
+async def test_frames_that_are_not_ocpp_j(tmp_path):
+    async with site(tmp_path) as (rt, rig, csms):
+        await csms.send_raw(STATION, "this is not json")
+        await csms.send_raw(STATION, '[2, "bad-1", "Reset"]')          # a CALL without payload
+        error = await csms.wait_for(None, station=STATION, direction="in", kind="error",
+                                    predicate=lambda m: m.unique_id == "bad-1")
+        assert error.payload["code"] in ("ProtocolError", "FormationViolation")
+        # still connected and answering
+        assert (await csms.call(STATION, "GetLocalListVersion", {})) == {"listVersion": 0}
+        assert csms.connection_count(STATION) == 1

@@ -140,3 +140,38 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def test_offline_start_refused_later_stops_with_deauthorized(tmp_path):
+    port = _free_port()
+    csms = TestCsms(ocpp="1.6", port=port, tags=TagRule.accept_all())
+    await csms.start()
+    async with site(tmp_path, csms=csms) as (rt, rig, _):
+        await rt.settings.change("AllowOfflineTxForUnknownId", "true")
+        await csms.stop()
+        await wait_until(lambda: not rt.sessions.link_online)
+        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
+        await wait_until(lambda: rt.sessions.connectors[1].plugged)
+        assert (await rt.sessions.present_tag(1, "STOLEN")).accepted      # unknown, offline: allowed
+        await wait_until(lambda: rt.sessions.connectors[1].tx is not None)
+        back = TestCsms(ocpp="1.6", port=port, tags=TagRule.reject_prefix("STOLEN"))
+        await back.start()
+        try:
+            stop = await back.wait_for("StopTransaction", station=STATION, timeout=20)
+            assert stop.payload["reason"] == "DeAuthorized"
+            assert rt.sessions.connectors[1].tx is None
+            await wait_until(lambda: 1 in rt.poller.setpoints and not rt.poller.setpoints[1].enabled)
+            # the refusal is remembered: the tag is not accepted offline again
+            assert (await rt.store.cache_get("stolen")).status.value == "Invalid"
+        finally:
+            await back.stop()
+
+
+async def test_clock_aligned_values_include_the_grid_on_connector_0(tmp_path):
+    async with site(tmp_path) as (rt, rig, csms):
+        await rt.settings.change("ClockAlignedDataInterval", "1")
+        mv = await csms.wait_for("MeterValues", station=STATION, timeout=10, predicate=lambda m: m.payload["connectorId"] == 0)
+        [value] = mv.payload["meterValue"]
+        assert {s["context"] for s in value["sampledValue"]} == {"Sample.Clock"}
+        assert {s["location"] for s in value["sampledValue"]} == {"Inlet"}
+        assert value["timestamp"].endswith(("Z", "+00:00"))

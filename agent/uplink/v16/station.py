@@ -14,10 +14,13 @@ is reached with input the schema forbids.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from ocpp.charge_point import snake_to_camel_case
+from ocpp.exceptions import OCPPError
+from ocpp.messages import CallError, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import Action
@@ -38,6 +41,21 @@ class Station(ChargePoint):
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=_ocpp_log)
         self.ctx = ctx
+
+    async def route_message(self, raw_msg: Any) -> None:
+        """The library drops a frame that is not OCPP-J in silence. When it still looks
+        like a CALL with a readable message id, answer it with a CALLERROR (1.6J 4.2.3),
+        so the CSMS is not left waiting; otherwise there is no one to answer: log it."""
+        try:
+            unpack(raw_msg)
+        except OCPPError as err:
+            uid = call_id_of(raw_msg)
+            log.warning("frame from the CSMS is not OCPP-J (%s: %s): %.200r", err.code, err.details or err.description, raw_msg)
+            if uid is not None:
+                code = "FormationViolation" if err.code == "FormatViolation" else err.code
+                await self._send(CallError(uid, code, "not a valid OCPP-J CALL", {}).to_json())
+            return
+        await super().route_message(raw_msg)
 
     # ---- transactions -------------------------------------------------------------------
     @on(Action.remote_start_transaction)
@@ -195,6 +213,17 @@ class Station(ChargePoint):
     @on(Action.data_transfer)
     async def on_data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None) -> Any:
         return call_result.DataTransfer(status="UnknownVendorId")
+
+
+def call_id_of(raw: Any) -> str | None:
+    """The message id of something shaped like ``[2, "<id>", ...]``, else None."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    if isinstance(msg, list) and len(msg) >= 2 and msg[0] == 2 and isinstance(msg[1], str) and 0 < len(msg[1]) <= 36:
+        return msg[1]
+    return None
 
 
 _ocpp_log = logging.getLogger("evsite.uplink.ocpp")
