@@ -91,8 +91,8 @@ def definitions(config: Any) -> dict[str, Definition]:
     d = [
         Definition("HeartbeatInterval", "int", int(up.heartbeat_interval), min=0, max=86_400,
                    doc="seconds between heartbeats (the BootNotification interval overrides)"),
-        Definition("WebSocketPingInterval", "int", int(up.ping_interval), min=0, max=3600,
-                   doc="seconds between WebSocket pings; 0 = off"),
+        Definition("WebSocketPingInterval", "int", int(up.ping_interval), min=0, max=3600, reboot=True,
+                   doc="seconds between WebSocket pings; 0 = off (applies from the next start)"),
         Definition("ConnectionTimeOut", "int", 60, min=1, max=3600,
                    doc="seconds an authorization waits for the cable before it lapses"),
         Definition("MeterValueSampleInterval", "int", 60, min=0, max=86_400,

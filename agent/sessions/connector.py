@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.sessions.events import ConnectorStatus, SampledValue, Trigger
+from agent.sessions.events import ChargingState, ConnectorStatus, SampledValue, Trigger
 from drivers.contract import ChargerReading, CpState, DeviceHealth, Measurement, Setpoint
 
 
@@ -39,6 +39,8 @@ class ActiveTx:
     last_sample_mono: float
     #: the CSMS refused the tag after the start (StopTransactionOnInvalidId false): no energy
     suspended_by_csms: bool = False
+    #: the 2.0.1 chargingState last reported for this transaction (TransactionUpdated)
+    charging_state: ChargingState | None = None
 
 
 @dataclass
@@ -136,6 +138,20 @@ class Connector:
         if res.id_tag.casefold() == id_tag.casefold():
             return True
         return bool(res.parent and parent and res.parent.casefold() == parent.casefold())
+
+
+def charging_state(status: ConnectorStatus, plugged: bool | None) -> ChargingState | None:
+    """What the EV is doing inside a transaction (2.0.1 chargingState), from the status
+    the connector shows; None when the status says nothing about it (Faulted)."""
+    if not plugged:
+        return ChargingState.IDLE
+    return {
+        ConnectorStatus.CHARGING: ChargingState.CHARGING,
+        ConnectorStatus.SUSPENDED_EV: ChargingState.SUSPENDED_EV,
+        ConnectorStatus.SUSPENDED_EVSE: ChargingState.SUSPENDED_EVSE,
+        ConnectorStatus.PREPARING: ChargingState.EV_CONNECTED,
+        ConnectorStatus.FINISHING: ChargingState.EV_CONNECTED,
+    }.get(status)
 
 
 def energy_of(health: DeviceHealth | None) -> float | None:

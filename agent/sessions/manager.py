@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.auth.types import AuthResult, AuthSource, AuthStatus
 from agent.sessions.connector import (
-    ActiveTx, Connector, PendingAuth, Reservation, StatusView, energy_of, sampled_values,
+    ActiveTx, Connector, PendingAuth, Reservation, StatusView, charging_state, energy_of, sampled_values,
 )
 from agent.sessions.events import (
     ConnectorStatus, Event, MeterSampled, SecurityEvent, StatusChanged, StopReason, TransactionEnded,
@@ -309,10 +309,19 @@ class SessionManager:
 
     def _status_event(self, c: Connector, setpoint: Setpoint | None, now: datetime) -> list[Event]:
         view = c.status(setpoint)
-        if view == c.recorded:
-            return []
-        c.recorded = view
-        return [StatusChanged(c.connector_id, now, view.status, view.error_code, view.info, view.vendor_error_code)]
+        events: list[Event] = []
+        if view != c.recorded:
+            c.recorded = view
+            events.append(StatusChanged(c.connector_id, now, view.status, view.error_code, view.info,
+                                        view.vendor_error_code))
+        # inside a transaction the same change is a chargingState (2.0.1 TransactionEvent;
+        # 1.6 sends nothing for it)
+        state = charging_state(view.status, c.plugged) if c.tx is not None else None
+        if c.tx is not None and state is not None and state is not c.tx.charging_state:
+            c.tx.charging_state = state
+            events.append(TransactionUpdated(c.connector_id, now, c.tx.tx_id, Trigger.CHARGING_STATE_CHANGED, state,
+                                             offline=not self.link_online))
+        return events
 
     # ------------------------------------------------------------------ commands
     async def present_tag(self, connector_id: int, id_tag: str, source: str = "local") -> AuthResult:

@@ -70,6 +70,10 @@ async def open_uplink(rt: Any) -> AsyncIterator[Uplink | None]:
         if config.uplink.ocpp == "2.0.1":
             raise RuntimeError("uplink.ocpp = \"2.0.1\": OCPP 2.0.1 is not available in this build; use \"1.6\"")
         overrides["versions"] = ("1.6",)
+    settings = getattr(rt, "settings", None)
+    ping = settings.get("WebSocketPingInterval") if hasattr(settings, "get") else None
+    if ping is not None:  # WebSocketPingInterval as the CSMS set it (a change applies from the next start)
+        overrides["ping_interval"] = ping or None
     options = UplinkOptions.from_config(config.uplink, **overrides)
     connection = UplinkConnection(options, clock=rt.clock)
     uplink = Uplink(rt, connection)
