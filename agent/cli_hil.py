@@ -4,6 +4,9 @@ Every bus of the site config is served as the agent expects it (TCP on loopback,
 on a pseudo-terminal linked at the bus's port path), so ``evsite run`` with the same
 config talks to it as to hardware. A line is printed per scenario event and a one-line
 summary every ``--summary`` seconds of site time; Ctrl-C or SIGTERM stops it cleanly.
+With ``--control SOCKET`` another process can plug EVs, inject faults and read the
+ground truth through the JSON-lines channel of hil/control.py (end-to-end tests, the
+demo); the start line is printed once that socket is up.
 
 Exit codes: 0 after a clean stop, 1 when the rig itself failed, 2 for input that cannot
 work (a scenario or config with errors, a bus the rig cannot serve): those are printed
@@ -36,6 +39,8 @@ def register(sub: Any) -> None:
                    help="site seconds between summary lines (default 10; 0: none)")
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help="stop after this many site seconds (default: run until Ctrl-C or SIGTERM)")
+    p.add_argument("--control", metavar="SOCKET",
+                   help="serve the hil/control.py command channel (plug, unplug, truth...) on this Unix socket")
     p.set_defaults(func=run)
 
 
@@ -85,6 +90,7 @@ async def _run(config: Any, scenario: Any, args: argparse.Namespace) -> int:
         print(f"[{at:8.1f}s] {event.describe()}", flush=True)
 
     rig = Rig(config, scenario, speed=args.speed, on_event=show)
+    control = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,6 +100,13 @@ async def _run(config: Any, scenario: Any, args: argparse.Namespace) -> int:
             await rig.start()
         except RigError as exc:
             return _fail(str(exc))
+        if args.control:
+            from hil.control import ControlChannel, rig_commands
+
+            try:
+                control = await ControlChannel(args.control, rig_commands(rig)).start()
+            except (OSError, ValueError) as exc:
+                return _fail(f"--control {args.control}: {exc}")
         print(f"evsite hil: scenario {scenario.name} on {config.site.name} at speed x{args.speed:g}; "
               f"Ctrl-C to stop", flush=True)
         for bus_id, server in rig.servers.items():
@@ -118,6 +131,8 @@ async def _run(config: Any, scenario: Any, args: argparse.Namespace) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
     finally:
+        if control is not None:
+            await control.close()
         await rig.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

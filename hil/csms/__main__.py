@@ -2,13 +2,17 @@
 
 Prints one line ``listening on <url>`` on stdout once it accepts connections (a parent
 process waits for that line instead of sleeping), then serves until SIGTERM or SIGINT.
-With ``--log FILE`` every frame is appended to FILE as JSON lines.
+With ``--log FILE`` every frame is appended to FILE as JSON lines. With ``--control
+SOCKET`` another process drives it (CSMS calls, waits on the log, tags, faults) through
+the JSON-lines channel of hil/control.py; the ``listening on`` line comes after that
+socket is up.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -31,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate (needs --tls-key)")
     p.add_argument("--tls-key", metavar="PEM")
     p.add_argument("--client-ca", metavar="PEM", help="require client certificates signed by this CA")
+    p.add_argument("--control", metavar="SOCKET", help="serve the hil/control.py command channel on this Unix socket")
     p.add_argument("-v", "--verbose", action="store_true", help="log every frame on stderr")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -60,7 +65,11 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with csms:
+    async with csms, contextlib.AsyncExitStack() as stack:
+        if args.control:
+            from hil.control import ControlChannel, csms_commands
+
+            await stack.enter_async_context(ControlChannel(args.control, csms_commands(csms)))
         print(f"listening on {csms.url}", flush=True)
         await stop.wait()
 
