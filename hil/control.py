@@ -207,6 +207,12 @@ def rig_commands(rig: Any) -> dict[str, Callable[..., Any]]:
         rig.site.publish()
         return rig.energy_register(charger_id(device))
 
+    async def wait_until(elapsed: float) -> dict[str, Any]:
+        """Answer once the rig's clock reached ``elapsed`` site seconds since its start
+        (a span of site time, e.g. a ten-minute outage at x40)."""
+        await rig.clock.sleep(max(0.0, float(elapsed) - rig.elapsed()))
+        return truth()
+
     def truth() -> dict[str, Any]:
         """What the physics says now: per charger its state, currents, energy register
         and EV; per meter its currents and energy."""
@@ -226,7 +232,7 @@ def rig_commands(rig: Any) -> dict[str, Callable[..., Any]]:
         return {"elapsed": rig.elapsed(), "chargers": chargers, "meters": meters}
 
     return {"plug": plug, "unplug": unplug, "silent": silent, "back": back, "base_load": base_load,
-            "energy": energy, "truth": truth}
+            "energy": energy, "truth": truth, "wait_until": wait_until}
 
 
 # ---------------------------------------------------------------- the test CSMS's commands
