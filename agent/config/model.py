@@ -100,7 +100,7 @@ class BusSection:
     # both
     timeout: float = rule(1.0, gt=0, le=30, doc="seconds to wait for an answer")
     retries: int = rule(1, ge=0, le=5, doc="extra attempts after a timeout")
-    gap_ms: float | None = rule(None, ge=0, le=5000, doc="pause between requests (ms); default: the largest gap of the profiles on the bus")
+    gap_ms: float | None = rule(None, ge=0, le=5000, doc="pause between requests (ms); default on rtu: the largest gap of the profiles on the bus; on tcp: none")
 
 
 @dataclass(kw_only=True)

@@ -237,6 +237,10 @@ class TcpBus(Bus):
         self.host = host
         self.port = int(port)
 
+    def require_gap(self, gap_ms: float) -> None:
+        """Profile gaps are RS-485 line discipline; on TCP the device (or its gateway)
+        gets a gap only when the bus config sets ``gap_ms``."""
+
     def describe(self) -> str:
         return f"{self.host}:{self.port}"
 
