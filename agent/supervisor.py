@@ -180,6 +180,11 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
                             stale_after=parts.stale_after, setpoints=parts.setpoints(config))
             rt.poller = poller
             rt.control = ControlServer(config.control_socket, status=lambda: _status(rt), group=config.control.group)
+            if rt.store is not None and hasattr(rt.store, "prune"):
+                from agent.site.recorder import SampleRecorder
+                recorder = SampleRecorder(rt.store, interval=config.store.sample_interval,
+                                          retention_days=config.store.sample_retention_days)
+                poller.add_consumer(recorder.on_site_state)
             # 3. sessions
             if parts.open_sessions is not None:
                 rt.sessions = await parts.open_sessions(rt, stack)

@@ -61,6 +61,7 @@ class StoreSection:
     )
     outbox_max: int = rule(100_000, ge=100, doc="most queued uplink messages before the overflow policy applies")
     sample_retention_days: int = rule(35, ge=1, doc="days of meter samples kept in the store")
+    sample_interval: float = rule(300.0, ge=1, le=86_400, doc="seconds between meter history samples (grid meter and chargers)")
 
 
 @dataclass(kw_only=True)
