@@ -127,7 +127,7 @@ def allocate(
     allocs, shares, residual = _allocate_once(inputs, limits, net, policy, st)
     if not limits.hold and _switch_phases(inputs, allocs, residual, net, policy, st, now):
         allocs, shares, residual = _allocate_once(inputs, limits, net, policy, st)
-    explanation = _explain(inputs, limits, net, allocs, shares)
+    explanation = _explain(inputs, limits, net, allocs, shares, policy)
     return AllocationResult(allocs, explanation, st, net)
 
 
@@ -288,8 +288,10 @@ def _switch_phases(
 
 def _explain(
     inputs: Sequence[ConnectorInput], limits: Limits, net: Network, allocs: Mapping[int, Allocation],
-    shares: Mapping[int, tuple[Share, Candidate]],
+    shares: Mapping[int, tuple[Share, Candidate]], policy: Policy,
 ) -> Explanation:
+    """A limit binds where it decided someone's share or pause, or where it is used up
+    (to within the rounding of the shares on it)."""
     decided = {s.key for s, _ in shares.values() if s.why in ("share", "paused") and s.key is not None}
     by_id = {c.connector_id: c for c in inputs}
     phases: list[PhaseExplanation] = []
@@ -298,13 +300,18 @@ def _explain(
         members = [cid for cid, c in by_id.items() if scope in net.chain(c.circuit)]
         for p in range(3):
             k = net.index.get((scope, p))
-            binding = net.constraints[k].limit.name if k is not None and k in decided else None
+            used = sum(allocs[cid].load()[p] for cid in members)
+            on = sum(1 for cid in members if allocs[cid].enabled and p in allocs[cid].footprint)
+            binding = None
+            if k is not None:
+                con = net.constraints[k]
+                if k in decided or (on and con.budget - used <= on * policy.resolution + 1e-6):
+                    binding = con.limit.name
             smallest = net.constraints[k].limit if k is not None else None
             lines = tuple(
                 LimitLine(lim.name, lim.amps[p], binds=binding is not None and lim is smallest, detail=lim.detail)
                 for lim in sl.limits if not math.isinf(lim.amps[p]))
             if not lines:
                 continue
-            used = sum(allocs[cid].load()[p] for cid in members)
             phases.append(PhaseExplanation(scope, p, lines, used, binding))
     return Explanation(tuple(phases), dict(allocs), {c.connector_id: c.priority for c in inputs}, limits.notes)

@@ -6,7 +6,8 @@ instant: if A is lowered and B raised in the same poll, B may ramp up before A's
 has slowed down. So, per poll:
 
 - Lowers are commanded at once (safety never waits). A lowered charger stays counted at
-  its old value until it is measured at or below the new setpoint.
+  its old value until it is measured at or below the new setpoint (one that already
+  is, an idle EV say, is not waited for).
 - Raises wait while any lowered charger has not followed, up to ``lower_timeout``;
   after that the laggard stays counted at its old value and raises go ahead only within
   the room that leaves. A raise is cut to the room there is, or held if that is below
@@ -18,6 +19,8 @@ has slowed down. So, per poll:
   its failsafe/max until it answers: it may not have reached its failsafe yet.
 - A charger whose setpoint was never written is counted at its max on every wired
   phase until measured (it may still run on what a previous process told it).
+- A charger is never counted below what it is measured drawing: "follows its
+  setpoint" allows ``comply_tolerance`` of meter noise, the bound does not.
 
 Keep-alives and validity rewrites are the drivers' business, not this module's.
 """
@@ -97,12 +100,15 @@ def plan_transition(
     if missing:
         raise ValueError(f"allocations for connectors without input: {missing}")
     st.pending = {k: v for k, v in st.pending.items() if k in allocations}
-    for cid, pend in list(st.pending.items()):
+
+    def follows(c: ConnectorInput, new: Triple) -> bool:
+        """Measured at or below ``new`` already: nothing to wait for."""
+        return (not c.stale and c.measured is not None
+                and all(m <= a + policy.comply_tolerance for m, a in zip(c.measured, new)))
+
+    for cid in list(st.pending):
         c = info[cid]
-        if c.stale or c.measured is None or c.setpoint is None:
-            continue
-        allowed = load_of(c.setpoint, c)
-        if all(m <= a + policy.comply_tolerance for m, a in zip(c.measured, allowed)):
+        if c.setpoint is not None and follows(c, load_of(c.setpoint, c)):
             del st.pending[cid]  # it follows: count it at its setpoint from now on
 
     out: dict[int, Setpoint] = {}
@@ -113,7 +119,9 @@ def plan_transition(
 
     def lower(cid: int, old: Triple, new: Triple) -> None:
         out[cid] = allocations[cid].setpoint()
-        if not _le(old, new):
+        if follows(info[cid], new):
+            st.pending.pop(cid, None)
+        elif not _le(old, new):
             prev = st.pending.get(cid)
             high = _vmax(old, prev.high) if prev else old
             st.pending[cid] = Pending(high, prev.since if prev else now)
@@ -146,6 +154,11 @@ def plan_transition(
         else:
             counted[cid] = old
             raises.append(cid)
+
+    for cid, v in counted.items():  # what a charger measurably draws counts, whatever it was told
+        c = info[cid]
+        if not c.stale and c.measured is not None:
+            counted[cid] = _vmax(v, c.measured)
 
     def loads() -> list[float]:
         return network.loads((info[cid].circuit, v) for cid, v in counted.items())
