@@ -83,14 +83,12 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write(self, operation: str) -> AsyncIterator[aiosqlite.Connection]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
+        """One transaction: committed when the block ends, rolled back if anything
+        raises, including a cancellation at any await (BEGIN, a statement, COMMIT)."""
         async with self._lock:
             conn = self._connection(operation)
             try:
                 await conn.execute("BEGIN IMMEDIATE")
-            except aiosqlite.Error as exc:
-                raise StoreError(f"{operation}: {describe(exc)}") from None
-            try:
                 yield conn
                 await conn.execute("COMMIT")
             except BaseException as exc:
@@ -110,11 +108,17 @@ class Database:
                 raise StoreError(f"{operation}: {describe(exc)}") from exc
 
     async def _rollback(self, conn: aiosqlite.Connection, operation: str) -> None:
+        """ROLLBACK unconditionally. A cancelled await does not stop its statement on
+        aiosqlite's thread, and statements run in order, so this lands behind it and the
+        lock is never released with a transaction open. "No transaction is active" means
+        there was nothing to undo (BEGIN failed, or a cancelled COMMIT went through)."""
         try:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-        except aiosqlite.Error as exc:  # the write already failed; say so, keep its error
-            log.error("%s: rollback failed: %s", operation, describe(exc))
+            await conn.execute("ROLLBACK")
+        except aiosqlite.Error as exc:
+            if "no transaction is active" in str(exc):
+                log.debug("%s: nothing to roll back", operation)
+            else:  # the write already failed; say so, keep its error
+                log.error("%s: rollback failed: %s", operation, describe(exc))
 
 
 async def _set_wal(conn: aiosqlite.Connection, path: str) -> None:
