@@ -293,11 +293,14 @@ def _explain(
     """A limit binds where it decided someone's share or pause, or where it is used up
     (to within the rounding of the shares on it)."""
     decided = {s.key for s, _ in shares.values() if s.why in ("share", "paused") and s.key is not None}
-    by_id = {c.connector_id: c for c in inputs}
+    in_scope: dict[str, list[int]] = {}
+    for c in inputs:
+        for s in net.chain(c.circuit):
+            in_scope.setdefault(s, []).append(c.connector_id)
     phases: list[PhaseExplanation] = []
     for scope in [SITE] + sorted(s for s in limits.scopes if s != SITE):
         sl = limits.scopes[scope]
-        members = [cid for cid, c in by_id.items() if scope in net.chain(c.circuit)]
+        members = in_scope.get(scope, [])
         for p in range(3):
             k = net.index.get((scope, p))
             used = sum(allocs[cid].load()[p] for cid in members)
