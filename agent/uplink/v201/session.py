@@ -67,7 +67,8 @@ class V201Uplink:
         self.boot_status: str | None = None
         self.accepted = False               # an Accepted boot since the agent started
         self.clock_offset: float | None = None
-        self.statuses_at: datetime | None = None
+        #: when this connection went online: statuses queued earlier are history
+        self.online_since: datetime | None = None
         self.stats = DeliveryStats()
         self.recent: deque[str] = deque(maxlen=50)
         self.reset_pending = False
@@ -93,6 +94,7 @@ class V201Uplink:
                 tg.create_task(station.start(), name="ocpp receive")
                 if not self.accepted:
                     await self._boot()
+                self.online_since = self.clock.now()
                 self._set_online(True)
                 await self._send_statuses()
                 tg.create_task(deliver(self.store, self, sleep=self.clock.sleep, stats=self.stats), name="outbox")
@@ -170,8 +172,6 @@ class V201Uplink:
             pass
 
     async def _send_statuses(self, connector_ids: list[int] | None = None) -> None:
-        if connector_ids is None:
-            self.statuses_at = self.clock.now()
         for cid in connector_ids if connector_ids is not None else sorted(self.sessions.connectors):
             view = self.sessions.connectors[cid].recorded
             if view is None:
@@ -201,8 +201,8 @@ class V201Uplink:
     async def build(self, row: Any) -> Any:
         ev = row.event
         if isinstance(ev, StatusChanged) and ev.connector_id != 0:
-            if self.statuses_at is not None and ev.at < self.statuses_at:
-                raise Skip("status from before this connection: the current one was sent at connect")
+            if self.online_since is not None and row.created_at < self.online_since:
+                raise Skip("status queued before this connection: the current one was sent at connect")
             if self._last_status.get(ev.connector_id) == messages.STATUS[ev.status]:
                 raise Skip(f"{ev.status.value} is {messages.STATUS[ev.status]} again in 2.0.1")
         return await messages.build(row, self.store, self.settings)
