@@ -264,10 +264,12 @@ class EnergyController:
             out["held"] = {str(k): v for k, v in sorted((self.last_plan.held if self.last_plan else {}).items())}
         return out
 
-    def composite_schedule(self, connector_id: int, duration: int, unit: str = "A") -> CompositeSchedule:
-        """GetCompositeSchedule from now, with this controller's profiles and transactions."""
+    def composite_schedule(self, connector_id: int, duration: int, unit: str = "A", *,
+                           start: datetime | None = None) -> CompositeSchedule:
+        """GetCompositeSchedule from ``start`` (default now), with this controller's
+        profiles and transactions."""
         if connector_id != 0 and connector_id not in self.specs:
             raise ValueError(f"no connector {connector_id} (connectors: {sorted(self.specs)})")
         tx = self._tx.get(connector_id)
-        return composite_schedule(self.profiles(), connector_id, self.clock.now(), duration, unit,
+        return composite_schedule(self.profiles(), connector_id, start or self.clock.now(), duration, unit,
                                   tx[0] if tx else None, tx_id=tx[1] if tx else None, nominal_voltage=self.voltage)

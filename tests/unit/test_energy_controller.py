@@ -206,6 +206,9 @@ def test_csms_profile_applies_and_composite_schedule_reports_it(config, clock):
     assert any(a["reason"].startswith("csms limit 16 A") for a in ctl.status()["connectors"])
     cs = ctl.composite_schedule(1, 3600)
     assert [(p.start_period, p.limit) for p in cs.periods] == [(0, 16.0)]
+    assert cs.start == T0
+    early = ctl.composite_schedule(1, 86400, "W", start=datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc))
+    assert [(p.start_period, p.limit) for p in early.periods] == [(0, None), (43200, 16.0 * 230 * 3)]
     with pytest.raises(ValueError, match="no connector 9"):
         ctl.composite_schedule(9, 60)
 
