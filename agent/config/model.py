@@ -158,6 +158,22 @@ class ControlSection:
 
 
 @dataclass(kw_only=True)
+class MaintenanceSection:
+    install_dir: str = rule("/opt/evsite", path="dir", doc="release tree: releases/<version>/venv and the 'current' symlink (systemd/install.sh layout)")
+    keep_releases: int = rule(3, ge=2, le=20, doc="releases kept on disk, the running and the previous one included")
+    confirm_window: float = rule(600.0, ge=1, le=86400, doc="seconds a new release has, from the switch, to boot and connect to the CSMS before it is rolled back")
+    max_start_attempts: int = rule(3, ge=1, le=20, doc="starts of a new release (crashes included) before the boot guard rolls it back")
+    firmware_signing_root: str = rule("", path="file", doc="PEM file of the root certificate(s) firmware signing certificates must chain to")
+    signed_only: bool = rule(False, doc="install signed updates only; an unsigned UpdateFirmware is refused")
+    install_during_session: str = rule("wait", choices=("wait", "stop"), doc="an update is ready while a session charges: wait until the site is idle, or stop the sessions")
+    download_max_bytes: int = rule(200_000_000, ge=100_000, doc="largest release archive accepted (bytes)")
+    transfer_timeout: float = rule(60.0, gt=0, le=3600, doc="seconds without progress before a download or upload attempt fails")
+    ca_bundle: str = rule("", path="file", doc="CA bundle to verify https download/upload servers; empty = system store")
+    upload_method: str = rule("PUT", choices=("PUT", "POST"), doc="HTTP method of log uploads (POST: multipart field 'file')")
+    log_dir: str = rule("", path="dir", doc="the agent's log files, for log uploads; empty = <state_dir>/logs")
+
+
+@dataclass(kw_only=True)
 class SiteConfig:
     site: SiteSection = rule(default_factory=SiteSection, doc="the site")
     store: StoreSection = rule(default_factory=StoreSection, doc="the SQLite store")
@@ -167,6 +183,7 @@ class SiteConfig:
     devices: list[DeviceSection] = rule(default_factory=list, doc="meters and chargers")
     gpio: GpioSection = rule(default_factory=GpioSection, doc="GPIO inputs")
     control: ControlSection = rule(default_factory=ControlSection, doc="local control API")
+    maintenance: MaintenanceSection = rule(default_factory=MaintenanceSection, doc="remote maintenance: updates, logs, certificates")
 
     # -- derived, convenient views (no state of their own) --
     @property
