@@ -77,6 +77,8 @@ class Runtime:
     #: agent.charging_profiles.ProfileBook: the CSMS's charging profiles (both versions)
     profiles: Any = None
     uplink: Any = None
+    #: agent.maintenance.service.MaintenanceService (updates, logs, certificates)
+    maintenance: Any = None
     control: ControlServer | None = None
     stop_reason: str = ""
     #: monotonic time the stop began (signal, request or crash)
@@ -105,7 +107,10 @@ class Parts:
     open_devices: Callable[[Runtime, AsyncExitStack], Awaitable[list[DeviceSlot]]] | None = None
     open_sessions: Callable[[Runtime, AsyncExitStack], Awaitable[Any]] | None = None
     open_uplink: Callable[[Runtime], AbstractAsyncContextManager[Any]] | None = None
+    open_maintenance: Callable[[Runtime], AbstractAsyncContextManager[Any]] | None = None
     setpoints: Callable[[SiteConfig], SetpointPolicy] = site_devices.fixed_setpoints
+    #: load management (agent/energy) sets the chargers' currents instead of ``setpoints``
+    load_management: bool = False
     #: poll loop without progress for this long stops the watchdog; None = derived
     stuck_after: float | None = None
     stale_after: int = 3
@@ -128,6 +133,8 @@ def default_parts() -> Parts:
         open_devices=lambda rt, stack: site_devices.open_devices(rt.config, rt.clock, stack),
         open_sessions=_open_sessions,
         open_uplink=_find_uplink(),
+        open_maintenance=_open_maintenance,
+        load_management=True,
     )
 
 
@@ -178,6 +185,12 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
             slots = await parts.open_devices(rt, stack) if parts.open_devices else []
             poller = Poller(slots, clock=clock, interval=config.site.poll_interval,
                             stale_after=parts.stale_after, setpoints=parts.setpoints(config))
+            if parts.load_management and config.chargers():
+                from agent.energy import wiring as energy_wiring
+
+                rt.energy = energy_wiring.build(config, clock, rt)
+                poller.policy = energy_wiring.policy_with_fixed_caps(config, rt.energy)
+                await energy_wiring.start_dim_input(config, rt.energy, stack)
             rt.poller = poller
             rt.control = ControlServer(config.control_socket, status=lambda: _status(rt), group=config.control.group)
             if rt.store is not None and hasattr(rt.store, "prune"):
@@ -198,6 +211,10 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
                 rt.uplink = await stack.enter_async_context(parts.open_uplink(rt))
             elif config.uplink.enabled:
                 log.warning("uplink not available in this build: running without a CSMS connection")
+            # 4b. remote maintenance: confirms or rolls back an update begun before this
+            #     start, and gives the uplink its client certificate, before it connects
+            if parts.open_maintenance is not None:
+                rt.maintenance = await stack.enter_async_context(parts.open_maintenance(rt))
             # 5. control API (last: it serves everything above)
             await rt.control.start()
             stack.push_async_callback(rt.control.close)
@@ -369,7 +386,14 @@ async def _open_sessions(rt: Runtime, stack: AsyncExitStack) -> Any:
 
     manager = SessionManager(rt.config, rt.store, rt.clock, rt.authorizer, rt.settings)
     await manager.start()
-    rt.profiles = await ProfileBook(rt.store, rt.settings).load()
+    validate = None
+    if rt.energy is not None:
+        from agent.energy.wiring import follow_sessions, validate_profile
+
+        validate = validate_profile
+        rt.energy.may_draw = manager.may_draw
+        manager._spawn(follow_sessions(rt.energy, manager), "energy follows transactions")
+    rt.profiles = await ProfileBook(rt.store, rt.settings, validate=validate).load()
     profiles = rt.profiles
 
     async def drop_tx_profiles() -> None:
@@ -412,6 +436,13 @@ def _sessions_control(rt: Runtime) -> None:
     assert rt.control is not None
     rt.control.add_status_section("sessions", rt.sessions.status_view)
     rt.control.add_route("POST", "/authorize", authorize_route(rt.sessions))
+    if rt.energy is not None:
+        rt.control.add_status_section("energy", rt.energy.status)
+
+
+def _open_maintenance(rt: Runtime) -> AbstractAsyncContextManager[Any]:
+    from agent.maintenance.service import open_maintenance
+    return open_maintenance(rt)
 
 
 def _find_uplink() -> Callable[[Runtime], AbstractAsyncContextManager[Any]] | None:

@@ -109,6 +109,8 @@ class EnergyController:
         self.last_result: AllocationResult | None = None
         self.last_plan: TransitionPlan | None = None
         self._binding: Any = None
+        #: the sessions' verdict per connector (an authorized transaction runs); None = all may
+        self.may_draw: Callable[[int], bool] | None = None
 
     # ---------------------------------------------------------------- commands in
     def set_profiles(self, profiles: Iterable[Mapping[str, Any]]) -> None:
@@ -208,6 +210,7 @@ class EnergyController:
             wiring=spec.wiring, phases=phases, measured=measured, min_current=spec.min_current,
             max_current=spec.max_current, priority=spec.priority, can_switch_phases=spec.can_switch_phases,
             setpoint=sp, stale=stale, failsafe_current=spec.failsafe_current, circuit=spec.circuit,
+            allowed=self.may_draw is None or self.may_draw(spec.connector_id),
         )
 
     def _grid(self, state: SiteState) -> GridReading | None:

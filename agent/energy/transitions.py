@@ -126,8 +126,12 @@ def plan_transition(
             high = _vmax(old, prev.high) if prev else old
             st.pending[cid] = Pending(high, prev.since if prev else now)
         counted[cid] = st.pending[cid].high if cid in st.pending else new
-        if info[cid].setpoint != out[cid]:
+        # the first write, and a stop because no session may draw, are not load changes
+        # to space out: the next session starts at once
+        if info[cid].setpoint is not None and info[cid].setpoint != out[cid] and info[cid].allowed:
             st.last_change[cid] = now
+        elif not info[cid].allowed:
+            st.last_change.pop(cid, None)
 
     for cid, a in allocations.items():
         c = info[cid]

@@ -143,7 +143,7 @@ class V16Uplink:
     # ---- the outbox (agent/uplink/outbox.Delivery) ------------------------------------------
     async def build(self, row: Any) -> Any:
         ev = row.event
-        if isinstance(ev, StatusChanged) and self.booted_at is not None and ev.at < self.booted_at:
+        if isinstance(ev, StatusChanged) and self.booted_at is not None and row.created_at < self.booted_at:
             raise Skip("status from before this connection: the current one was sent at boot")
         return await messages.build(ev, self.store)
 
@@ -252,10 +252,12 @@ class V16Uplink:
         self.rt.request_restart(f"{'hard' if hard else 'soft'} reset by the CSMS")
 
     def composite_schedule(self, connector_id: int, start: datetime, duration: int, unit: str) -> dict | None:
+        """From the same computation load management uses (agent/energy)."""
         energy = self.rt.energy
-        if energy is None or not hasattr(energy, "composite_schedule"):
+        if energy is None:
             return None
-        return energy.composite_schedule(connector_id, start, duration, unit)
+        from agent.energy.wiring import composite
+        return composite(energy, self.rt.config, connector_id, duration, unit)
 
     def status(self) -> dict[str, Any]:
         return {"version": self.version, "boot": self.boot_status, "clock_offset_s": self.clock_offset,

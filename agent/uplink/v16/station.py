@@ -28,6 +28,7 @@ from ocpp.v16.enums import Action
 from agent.auth.types import AuthStatus, ListItem
 from agent.charging_profiles import ProfileError
 from agent.timefmt import parse_utc, utc_text
+from agent.uplink.v16.maintenance import MaintenanceHandlers
 
 log = logging.getLogger("evsite.uplink.v16")
 
@@ -35,7 +36,7 @@ TRIGGERABLE = ("BootNotification", "Heartbeat", "MeterValues", "StatusNotificati
                "DiagnosticsStatusNotification", "FirmwareStatusNotification")
 
 
-class Station(ChargePoint):
+class Station(MaintenanceHandlers, ChargePoint):
     """``ctx`` is the V16Uplink of this connection (session.py)."""
 
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
@@ -207,7 +208,7 @@ class Station(ChargePoint):
         if schedule is None:
             return call_result.GetCompositeSchedule(status="Rejected")
         return call_result.GetCompositeSchedule(status="Accepted", connector_id=connector_id,
-                                                schedule_start=utc_text(now), charging_schedule=schedule)
+                                                schedule_start=schedule.get("startSchedule", utc_text(now)), charging_schedule=schedule)
 
     # ---- the rest ----------------------------------------------------------------------------------
     @on(Action.data_transfer)
