@@ -257,7 +257,8 @@ class FirmwareUpdater:
             return await self._fail("InstallationFailed", f"{self.releases.root}/current is not a release: cannot switch")
         deadline = self.clock.now() + timedelta(seconds=self.policy.confirm_window)
         try:
-            await self._persist(job, "trial", version=version, previous=previous, deadline=utc_text(deadline))
+            await self._persist(job, "trial", version=version, previous=previous, deadline=utc_text(deadline),
+                                window=self.policy.confirm_window)
             _install_guard_copy(self.releases.root)
             guard.begin_trial(self.releases.root, version, previous, deadline.timestamp(), self.policy.max_starts)
             self.releases.switch(version)
@@ -326,8 +327,8 @@ class FirmwareUpdater:
         await self.clock.sleep(seconds)
         if self.confirmed.is_set():
             return
-        await self.rollback(f"release {self.running_version} did not connect to the CSMS within "
-                            f"{self.policy.confirm_window:g} s of the switch")
+        window = float((self.state or {}).get("window", self.policy.confirm_window))
+        await self.rollback(f"release {self.running_version} did not connect to the CSMS within {window:g} s of the switch")
 
     async def rollback(self, reason: str) -> None:
         """Back to the previous release, now, and restart into it."""
@@ -373,7 +374,7 @@ class FirmwareUpdater:
         self.status = IDLE
 
     async def _persist(self, job: UpdateJob, phase: str, **extra: Any) -> None:
-        state = {k: v for k, v in (self.state or {}).items() if k in ("version", "previous", "deadline")}
+        state = {k: v for k, v in (self.state or {}).items() if k in ("version", "previous", "deadline", "window")}
         state.update(job=job.to_json(), phase=phase, **extra)
         self.state = state
         await self.store.kv_set(KV_KEY, state)
