@@ -48,9 +48,14 @@ class Database:
             raise StoreError(f"store {path}: busy_timeout must be >= 0 seconds, got {busy_timeout}")
         if os.path.isdir(path):
             raise StoreError(f"store {path}: is a directory, not a database file")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise StoreError(f"store {path}: cannot open (directory {parent} does not exist)")
+        connecting = aiosqlite.connect(path, isolation_level=None)
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            conn = await connecting
         except aiosqlite.Error as exc:
+            await _reap_worker(connecting)
             raise StoreError(f"store {path}: cannot open ({describe(exc)})") from None
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -119,6 +124,14 @@ class Database:
                 log.debug("%s: nothing to roll back", operation)
             else:  # the write already failed; say so, keep its error
                 log.error("%s: rollback failed: %s", operation, describe(exc))
+
+
+async def _reap_worker(connecting: aiosqlite.Connection) -> None:
+    """After a failed connect, aiosqlite stops its worker thread without waiting; wait
+    for it, so it does not report to an event loop that has gone by then."""
+    thread = getattr(connecting, "_thread", None)
+    if thread is not None and thread.is_alive():
+        await asyncio.to_thread(thread.join, 5.0)
 
 
 async def _set_wal(conn: aiosqlite.Connection, path: str) -> None:
