@@ -67,7 +67,7 @@ class MaintenanceService:
                                 ssl_context=tls, roots=self.firmware_roots),
             running_version=running_version, on_status=self._firmware_status, security_event=self.security_event,
             request_restart=rt.request_restart, busy=self._busy, wait_idle=self._wait_idle,
-            stop_sessions=self._stop_sessions)
+            stop_sessions=self._stop_sessions, before_restart=self._drain_outbox)
         self.logs = LogUploader(
             sources=Sources(self.log_dir, rt.config.uplink.station_id or "station", rt.config, rt.store, self._recent),
             clock=rt.clock, work_dir=work / "uploads", on_status=self._upload_status, method=cfg.upload_method,
@@ -254,6 +254,18 @@ class MaintenanceService:
     async def _stop_sessions(self) -> None:
         from agent.sessions.events import StopReason
         await self.rt.sessions.stop_all(StopReason.REBOOT)
+
+    async def _drain_outbox(self, limit: float = 10.0) -> None:
+        """Before a restart, let queued messages (the StopTransaction of the session the
+        update waited for) reach the CSMS; bounded, since they are durable anyway."""
+        store, sessions = self.rt.store, self.rt.sessions
+        try:
+            async with asyncio.timeout(limit):
+                while await store.outbox_len() and getattr(sessions, "link_online", False):
+                    await self.rt.clock.sleep(0.2)
+        except TimeoutError:
+            log.warning("restarting with %d message(s) still queued: they go out after the restart",
+                        await store.outbox_len())
 
     async def _pump(self, queue: asyncio.Queue[Any]) -> None:
         from agent.sessions.events import SecurityEvent

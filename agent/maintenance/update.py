@@ -134,12 +134,14 @@ class FirmwareUpdater:
                  running_version: str, on_status: Callable[[str], Awaitable[None]],
                  security_event: Callable[[str, str], Awaitable[None]], request_restart: Callable[[str], None],
                  busy: Callable[[], bool] = lambda: False, wait_idle: Callable[[], Awaitable[None]] | None = None,
-                 stop_sessions: Callable[[], Awaitable[Any]] | None = None) -> None:
+                 stop_sessions: Callable[[], Awaitable[Any]] | None = None,
+                 before_restart: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store, self.clock, self.releases, self.policy = store, clock, releases, policy
         self.work_dir = Path(work_dir)
         self.running_version = running_version
         self.on_status, self.security_event, self.request_restart = on_status, security_event, request_restart
         self.busy, self.wait_idle, self.stop_sessions = busy, wait_idle, stop_sessions
+        self.before_restart = before_restart
         self.status = IDLE
         self.job: UpdateJob | None = None
         self.state: dict[str, Any] | None = None
@@ -174,9 +176,9 @@ class FirmwareUpdater:
         if (self.state or {}).get("phase") in ("installing", "trial"):
             log.error("update to %s refused: release %s is being installed", safe_url(job.location), self.state)
             return
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() and self.state is not None:
             log.warning("update request replaces the one in progress")
-            self._task.cancel()
+            self._task.cancel()   # (a job whose state is cleared only reports its end: let it)
         self.job = job
         self.state = None
         self._task = asyncio.create_task(self._run(job, resumed=False), name="firmware update")
@@ -270,6 +272,8 @@ class FirmwareUpdater:
         log.warning("update: release %s installed and current; restarting into it (confirm within %g s)",
                     version, self.policy.confirm_window)
         await self._report("InstallRebooting")
+        if self.before_restart is not None:
+            await self.before_restart()
         self.request_restart(f"firmware update to {version}")
 
     # ---- after a restart ----------------------------------------------------------------

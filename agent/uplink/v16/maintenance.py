@@ -233,7 +233,7 @@ class MaintenanceHandlers:
     async def after_certificate_signed(self, certificate_chain: str) -> None:
         service = self.maintenance
         if service is not None and service.certs.active_client() is not None and self.ctx.rt.config.uplink.security_profile == 3:
-            await service.reconnect("client certificate renewed")
+            service.spawn(service.reconnect("client certificate renewed"), "reconnect with the new certificate")
 
     # ---- ExtendedTriggerMessage ---------------------------------------------------------------------
     @on(Action.extended_trigger_message)
@@ -246,6 +246,16 @@ class MaintenanceHandlers:
 
     @after(Action.extended_trigger_message)
     async def after_extended_trigger_message(self, requested_message: str, connector_id: int | None = None) -> None:
+        # in a task the service owns (and cancels when the agent stops): the library's
+        # after-hook tasks are fire-and-forget
+        service = self.maintenance
+        work = self._extended(requested_message, connector_id)
+        if service is not None:
+            service.spawn(work, f"ExtendedTriggerMessage {requested_message}")
+        else:
+            await work
+
+    async def _extended(self, requested_message: str, connector_id: int | None) -> None:
         service = self.maintenance
         try:
             if requested_message in ("BootNotification", "Heartbeat", "MeterValues", "StatusNotification"):
