@@ -42,7 +42,7 @@ from agent.config.model import SiteConfig
 from agent.control.client import ControlClient
 from hil.control import request
 from hil.linkproxy import LinkProxy
-from hil.processes import Child, ChildExited, ReadyListener
+from hil.processes import Child, ReadyListener, start_until_ready
 from hil.rig import LOOPBACK, real_hardware
 
 # ---------------------------------------------------------------- site configs
@@ -141,6 +141,54 @@ def read_messages(path: str | Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def describe_message(m: dict[str, Any]) -> str:
+    """One line for a person about a test CSMS log entry (the demo's view, failure
+    reports), or "" for an answer that says nothing (StatusNotification's {}). A payload
+    that breaks the schema is shown as JSON rather than failing the view."""
+    try:
+        return _describe(m)
+    except (KeyError, TypeError, AttributeError):
+        text = json.dumps(m.get("payload"), separators=(",", ":"))
+        arrow = "->" if m.get("dir") == "in" else "<-"
+        return f"{str(m.get('at', ''))[11:19]} {arrow} {m.get('kind')} {m.get('action')} {text[:70]}"
+
+
+def _describe(m: dict[str, Any]) -> str:
+    arrow = "->" if m["dir"] == "in" else "<-"          # station -> CSMS / CSMS -> station
+    action, p, at = m.get("action") or "?", m.get("payload"), str(m.get("at", ""))[11:19]
+    if m["kind"] == "error":
+        return f"{at} {arrow} CALLERROR to {action}: {p.get('code')} {p.get('description', '')}".rstrip()
+    if m["kind"] == "invalid":
+        return f"{at} {arrow} not OCPP: {str(p)[:60]}"
+    if not isinstance(p, dict):
+        return ""
+    if m["kind"] == "result":
+        if action == "StartTransaction":
+            return f"{at} {arrow} StartTransaction: transactionId {p.get('transactionId')} ({p['idTagInfo']['status']})"
+        status = p.get("status") or (p.get("idTagInfo") or p.get("idTokenInfo") or {}).get("status")
+        return f"{at} {arrow} {action}: {status}" if status else ""
+    if action == "StatusNotification" and "connectorId" in p:
+        err = "" if p.get("errorCode") in (None, "NoError") else f" ({p['errorCode']})"
+        evse = f"evse {p['evseId']} " if "evseId" in p else ""          # 2.0.1
+        return f"{at} {arrow} StatusNotification {evse}connector {p['connectorId']} " \
+               f"{p.get('status') or p.get('connectorStatus')}{err}"
+    if action == "StartTransaction":
+        return f"{at} {arrow} StartTransaction connector {p['connectorId']} {p['idTag']} meterStart {p['meterStart']} Wh"
+    if action == "StopTransaction":
+        return f"{at} {arrow} StopTransaction #{p['transactionId']} meterStop {p['meterStop']} Wh {p.get('reason', 'Local')}"
+    if action == "MeterValues":
+        values = [v for mv in p.get("meterValue", []) for v in mv.get("sampledValue", [])
+                  if v.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register"]
+        tx = f" #{p['transactionId']}" if "transactionId" in p else ""
+        energy = f": {values[0]['value']} Wh" if values else ""
+        return f"{at} {arrow} MeterValues connector {p.get('connectorId')}{tx}{energy}"
+    if action == "TransactionEvent":
+        info = p.get("transactionInfo", {})
+        return f"{at} {arrow} TransactionEvent {p.get('eventType')} {str(info.get('transactionId', ''))[:8]} seq {p.get('seqNo')}"
+    text = json.dumps(p, separators=(",", ":"))
+    return f"{at} {arrow} {action} {text[:70]}{'…' if len(text) > 70 else ''}"
 
 
 class CsmsCallError(RuntimeError):
@@ -254,17 +302,7 @@ class Harness:
             env.pop("WATCHDOG_USEC", None)
             self.agent_proc = Child("agent", [self.python, "-m", "agent.cli", "run", "--config",
                                               str(self.workdir / "site.toml")], self.logs / "agent.log", env=env)
-        await self.agent_proc.start()
-        want = self.agent_proc.starts
-        ready = asyncio.create_task(self._ready.wait_ready(want))
-        exited = asyncio.create_task(self.agent_proc.wait())
-        done, _ = await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for t in (ready, exited):
-            t.cancel()
-        await asyncio.gather(ready, exited, return_exceptions=True)
-        if ready not in done:
-            why = "exited" if exited in done else f"sent no READY=1 within {timeout:g} s"
-            raise ChildExited(f"agent {why}; last lines:\n  {self.agent_proc.tail()}")
+        await start_until_ready(self.agent_proc, self._ready, timeout)
 
     async def kill_agent(self) -> int:
         """kill -9 the agent; returns its exit status (-9)."""

@@ -188,3 +188,20 @@ class ReadyListener:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+async def start_until_ready(child: Child, listener: ReadyListener, timeout: float = 30.0) -> None:
+    """Start ``child`` (a program that speaks the notify protocol to ``listener``) and
+    return once it sent READY=1 for this start; ChildExited if it ended or stayed silent."""
+    want = listener.ready + 1
+    await child.start()
+    ready = asyncio.create_task(listener.wait_ready(want))
+    exited = asyncio.create_task(child.wait())
+    done, _ = await asyncio.wait({ready, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for t in (ready, exited):
+        t.cancel()
+    await asyncio.gather(ready, exited, return_exceptions=True)
+    if ready not in done:
+        why = f"exited ({child.proc.returncode if child.proc else '?'})" if exited in done else \
+            f"sent no READY=1 within {timeout:g} s"
+        raise ChildExited(f"{child.name} {why}; last lines of {child.log_path}:\n  {child.tail()}")
