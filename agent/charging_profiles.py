@@ -82,7 +82,7 @@ class ProfileBook:
             raise ProfileError(f"{len(periods)} periods exceed ChargingScheduleMaxPeriods "
                                f"{self.settings['ChargingScheduleMaxPeriods']}")
         if self._validate is not None:
-            problems = self._validate(profile)
+            problems = self._validate(dict(profile, connector_id=connector_id))
             if problems:
                 raise ProfileError("; ".join(problems))
         pid = profile.get("chargingProfileId")

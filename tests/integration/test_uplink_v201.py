@@ -27,7 +27,7 @@ from hil.rig import Rig
 STATION = "SITE-201"
 
 
-def site_toml(tmp: Path, csms_url: str, port: int, extra: str = "", uplink: str = "") -> str:
+def site_toml(tmp: Path, csms_url: str, port: int, extra: str = "", uplink: str = "", ocpp: str = "2.0.1") -> str:
     return textwrap.dedent(f"""
         [site]
         name = "uplink 2.0.1 test"
@@ -37,7 +37,7 @@ def site_toml(tmp: Path, csms_url: str, port: int, extra: str = "", uplink: str 
         [uplink]
         url = "{csms_url}"
         station_id = "{STATION}"
-        ocpp = "2.0.1"
+        ocpp = "{ocpp}"
         call_timeout = 3
         backoff_initial = 0.2
         backoff_max = 1
@@ -80,11 +80,11 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def site(tmp_path: Path, *, csms: TestCsms, extra: str = "", uplink: str = "", port: int | None = None,
+async def site(tmp_path: Path, *, csms: TestCsms, extra: str = "", uplink: str = "", ocpp: str = "2.0.1",
                expect_code: int = 0):
     """The rig and the agent against ``csms`` (started by the caller)."""
-    port = port or free_port()
-    config = load_config_text(site_toml(tmp_path, csms.url, port, extra, uplink), "site.toml", base_dir=tmp_path)
+    port = free_port()
+    config = load_config_text(site_toml(tmp_path, csms.url, port, extra, uplink, ocpp), "site.toml", base_dir=tmp_path)
     rig = Rig(config)
     await rig.start()
     stop = asyncio.Event()
@@ -287,160 +287,6 @@ async def test_base_report_is_split_across_notify_reports(tmp_path):
         assert empty == {"status": "EmptyResultSet"}
 
 
-async def test_pending_boot_sends_nothing_else_until_accepted(tmp_path):
-    async with csms_201(boot_status="Pending") as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await csms.wait_for("BootNotification", station=STATION)
-        # the CSMS may configure a Pending station; the station answers
-        got = await csms.call(STATION, "GetVariables", {"getVariableData": [cv("SecurityCtrlr", "Identity")]})
-        assert got["getVariableResult"][0]["attributeValue"] == STATION
-        refused = await csms.call(STATION, "RequestStartTransaction", {"idToken": {"idToken": "X", "type": "Central"},
-                                                                       "remoteStartId": 1, "evseId": 1})
-        assert refused["status"] == "Rejected"
-        assert {m.action for m in csms.messages(STATION, direction="in", kind="call")} == {"BootNotification"}
-        csms.behaviour.boot_status = "Accepted"
-        assert (await csms.call(STATION, "TriggerMessage", {"requestedMessage": "BootNotification"}))["status"] == "Accepted"
-        boot = await csms.wait_for("BootNotification", station=STATION, count=2)
-        assert boot.payload["reason"] == "Triggered"
-        await connector_status(csms, "Available")
-        assert (await csms.call(STATION, "TriggerMessage", {"requestedMessage": "BootNotification"}))["status"] == "Rejected"
-
-
-async def test_rejected_boot_answers_every_call_with_security_error(tmp_path):
-    async with csms_201(boot_status="Rejected") as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await csms.wait_for("BootNotification", station=STATION)
-        await wait_until(lambda: adapter(rt).boot_status == "Rejected")
-        with pytest.raises(CallErrorReply) as err:
-            await csms.call(STATION, "GetVariables", {"getVariableData": [cv("SecurityCtrlr", "Identity")]})
-        assert err.value.code == "SecurityError"
-        assert {m.action for m in csms.messages(STATION, direction="in", kind="call")} == {"BootNotification"}
-        assert rt.sessions.link_online is False
-
-
-async def test_heartbeats_on_the_boot_interval(tmp_path):
-    async with csms_201(heartbeat_interval=1) as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await csms.wait_for("Heartbeat", station=STATION, timeout=5, count=2)
-        assert rt.settings["HeartbeatInterval"] == 1
-
-
-async def test_change_availability_of_an_evse_and_the_station(tmp_path):
-    async with csms_201() as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await connector_status(csms, "Available")
-        off = await csms.call(STATION, "ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 1}})
-        assert off == {"status": "Accepted"}
-        await connector_status(csms, "Unavailable")
-        unknown = await csms.call(STATION, "ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 4}})
-        assert unknown["status"] == "Rejected"
-        bad_connector = await csms.call(STATION, "ChangeAvailability",
-                                        {"operationalStatus": "Inoperative", "evse": {"id": 1, "connectorId": 2}})
-        assert bad_connector["status"] == "Rejected"
-        since = len(csms.log)
-        on = await csms.call(STATION, "ChangeAvailability", {"operationalStatus": "Operative"})
-        assert on == {"status": "Accepted"}
-        await connector_status(csms, "Available", since=since)
-        assert (await rt.store.kv_get("availability")) == {"1": True}
-        # during a transaction an EVSE goes Inoperative when it ends
-        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
-        await wait_until(lambda: rt.sessions.connectors[1].plugged)
-        assert (await rt.sessions.present_tag(1, "CARD-9")).accepted
-        await wait_until(lambda: rt.sessions.connectors[1].tx is not None)
-        later = await csms.call(STATION, "ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 1}})
-        assert later == {"status": "Scheduled"}
-
-
-async def test_trigger_message(tmp_path):
-    async with csms_201() as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await connector_status(csms, "Available")
-        since = len(csms.log)
-        assert (await csms.call(STATION, "TriggerMessage", {"requestedMessage": "Heartbeat"}))["status"] == "Accepted"
-        await csms.wait_for("Heartbeat", station=STATION, since=since)
-        assert (await csms.call(STATION, "TriggerMessage", {"requestedMessage": "StatusNotification",
-                                                            "evse": {"id": 1, "connectorId": 1}}))["status"] == "Accepted"
-        await connector_status(csms, "Available", since=since)
-        assert (await csms.call(STATION, "TriggerMessage", {"requestedMessage": "MeterValues",
-                                                            "evse": {"id": 1}}))["status"] == "Accepted"
-        mv = await csms.wait_for("MeterValues", station=STATION, since=since)
-        assert mv.payload["evseId"] == 1 and mv.payload["meterValue"][0]["sampledValue"][0]["context"] == "Trigger"
-        assert (await csms.call(STATION, "TriggerMessage", {"requestedMessage": "LogStatusNotification"}))["status"] == "Accepted"
-        assert (await csms.wait_for("LogStatusNotification", station=STATION)).payload["status"] == "Idle"
-        no_tx = await csms.call(STATION, "TriggerMessage", {"requestedMessage": "TransactionEvent", "evse": {"id": 1}})
-        assert no_tx["status"] == "Rejected"
-        unknown = await csms.call(STATION, "TriggerMessage", {"requestedMessage": "Heartbeat", "evse": {"id": 3}})
-        assert unknown["status"] == "Rejected"
-        certificate = await csms.call(STATION, "TriggerMessage", {"requestedMessage": "SignChargingStationCertificate"})
-        assert certificate["status"] == "NotImplemented"
-
-
-async def test_immediate_reset_stops_the_transaction_and_the_next_boot_says_remote_reset(tmp_path):
-    async with csms_201() as csms:
-        async with site(tmp_path, csms=csms, expect_code=75) as (rt, rig):
-            await connector_status(csms, "Available")
-            rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
-            await wait_until(lambda: rt.sessions.connectors[1].plugged)
-            assert (await rt.sessions.present_tag(1, "CARD-R")).accepted
-            await csms.wait_for("TransactionEvent", station=STATION,
-                                predicate=lambda m: m.payload["eventType"] == "Started")
-            per_evse = await csms.call(STATION, "Reset", {"type": "Immediate", "evseId": 1})
-            assert per_evse["status"] == "Rejected"
-            assert (await csms.call(STATION, "Reset", {"type": "Immediate"})) == {"status": "Accepted"}
-            ended = await csms.wait_for("TransactionEvent", station=STATION, timeout=10,
-                                        predicate=lambda m: m.payload["eventType"] == "Ended")
-            await asyncio.wait_for(rt.stop.wait(), 10)
-        assert ended.payload["transactionInfo"]["stoppedReason"] == "ImmediateReset"
-        assert ended.payload["triggerReason"] == "ResetCommand"
-        async with site(tmp_path, csms=csms) as (rt, rig):
-            boot = await csms.wait_for("BootNotification", station=STATION, count=2)
-            assert boot.payload["reason"] == "RemoteReset"
-            await wait_until(lambda: rt.sessions.link_online)
-            assert await rt.store.kv_get("v201.boot_reason") is None   # said once, then PowerUp again
-
-
-async def test_authorize_refused_tag_starts_nothing(tmp_path):
-    async with csms_201(tags=TagRule.reject_prefix("BAD")) as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await connector_status(csms, "Available")
-        rig.charger("terra").plug(Ev(), rig.site.model.now)
-        await wait_until(lambda: rt.sessions.connectors[1].plugged)
-        result = await rt.sessions.present_tag(1, "BAD-1")
-        assert not result.accepted and result.status.value == "Invalid"
-        auth = await csms.wait_for("Authorize", station=STATION)
-        assert auth.payload["idToken"] == {"idToken": "BAD-1", "type": "ISO14443"}
-        assert rt.sessions.connectors[1].tx is None
-        assert not csms.messages(STATION, "TransactionEvent")
-        # the CSMS's verdict is cached (AuthCacheCtrlr.Enabled): ClearCache empties it
-        assert await rt.store.cache_count() == 1
-        assert (await csms.call(STATION, "ClearCache", {})) == {"status": "Accepted"}
-        assert await rt.store.cache_count() == 0
-
-
-async def test_local_list_versions_and_a_group_member_stops_the_session(tmp_path):
-    tags = TagRule(parents={"CARD-A": "FLEET", "CARD-B": "FLEET"})
-    async with csms_201(tags=tags) as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await connector_status(csms, "Available")
-        assert (await csms.call(STATION, "GetLocalListVersion", {})) == {"versionNumber": 0}
-        full = await csms.call(STATION, "SendLocalList", {"versionNumber": 3, "updateType": "Full", "localAuthorizationList": [
-            {"idToken": {"idToken": "CARD-A", "type": "ISO14443"},
-             "idTokenInfo": {"status": "Accepted", "groupIdToken": {"idToken": "FLEET", "type": "Central"}}},
-            {"idToken": {"idToken": "CARD-X", "type": "ISO14443"}, "idTokenInfo": {"status": "Blocked"}},
-        ]})
-        assert full == {"status": "Accepted"}
-        assert (await csms.call(STATION, "GetLocalListVersion", {})) == {"versionNumber": 3}
-        stale = await csms.call(STATION, "SendLocalList", {"versionNumber": 2, "updateType": "Differential"})
-        assert stale["status"] == "VersionMismatch" and "not above" in stale["statusInfo"]["additionalInfo"]
-        entry = await rt.store.list_get("card-a")
-        assert entry.parent == "FLEET" and entry.status.value == "Accepted"
-
-        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
-        await wait_until(lambda: rt.sessions.connectors[1].plugged)
-        assert (await rt.sessions.present_tag(1, "CARD-A")).accepted
-        await wait_until(lambda: rt.sessions.connectors[1].tx is not None)
-        assert not (await rt.sessions.present_tag(1, "STRANGER")).accepted      # valid, but not of the group
-        assert (await rt.sessions.present_tag(1, "CARD-B")).accepted            # same groupIdToken
-        ended = await csms.wait_for("TransactionEvent", station=STATION,
-                                    predicate=lambda m: m.payload["eventType"] == "Ended")
-        assert ended.payload["transactionInfo"]["stoppedReason"] == "Local"
-        assert ended.payload["triggerReason"] == "StopAuthorized"
-        assert ended.payload["idToken"]["idToken"] == "CARD-B"
-
-
 async def test_outage_events_arrive_once_marked_offline_after_reconnect(tmp_path):
     port = free_port()
     async with csms_201(port=port) as first, site(tmp_path, csms=first) as (rt, rig):
@@ -478,45 +324,42 @@ async def test_outage_events_arrive_once_marked_offline_after_reconnect(tmp_path
             await wait_until(lambda: rt.sessions.link_online)
 
 
-async def test_answer_lost_mid_call_is_resent_with_the_same_id_and_processed_once(tmp_path):
+@pytest.mark.parametrize("action, payload, codes", [
+    ("FlyToTheMoon", {}, ("NotSupported", "NotImplemented")),
+    ("GetVariables", {"getVariableData": "all of them"}, ("TypeConstraintViolation", "FormatViolation")),
+    ("RequestStartTransaction", {"idToken": {"idToken": "X", "type": "Central"}},
+     ("ProtocolError", "OccurrenceConstraintViolation", "FormatViolation")),   # a required field is missing
+    ("ChangeAvailability", {"operationalStatus": "Sideways"}, ("PropertyConstraintViolation", "FormatViolation")),
+])
+async def test_bad_calls_get_callerrors_and_the_link_stays_up(tmp_path, action, payload, codes):
     async with csms_201() as csms, site(tmp_path, csms=csms) as (rt, rig):
         await connector_status(csms, "Available")
-        csms.drop_on("TransactionEvent", after=True)     # processed, then the socket dies before the answer
-        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
-        await wait_until(lambda: rt.sessions.connectors[1].plugged)
-        assert (await rt.sessions.present_tag(1, "CARD-1")).accepted
-        await csms.wait_connected(STATION, number=2, timeout=10)
-        await csms.wait_for("TransactionEvent", station=STATION, timeout=10, predicate=lambda m: m.retransmission)
-        rig.charger("terra").unplug(rig.site.model.now)
-        await wait_until(lambda: any(t.stop for t in csms.transactions.values()))
-        [tx] = csms.transactions.values()
-        assert tx.seq_nos == list(range(len(tx.events)))      # the retransmission was not processed again
-        assert csms.retransmissions(STATION, "TransactionEvent") == 1
+        before = await rt.store.settings_all()
+        with pytest.raises(CallErrorReply) as err:
+            await csms.call(STATION, action, payload)
+        assert err.value.code in codes
+        ok = await csms.call(STATION, "GetVariables", {"getVariableData": [cv("SecurityCtrlr", "Identity")]})
+        assert ok["getVariableResult"][0]["attributeValue"] == STATION
+        assert await rt.store.settings_all() == before
+        assert csms.connection_count(STATION) == 1
 
 
-async def test_refused_transaction_events_are_retried_then_dropped_per_message_attempts(tmp_path):
-    async with csms_201() as csms, site(tmp_path, csms=csms) as (rt, rig):
-        await connector_status(csms, "Available")
-        answer = await csms.call(STATION, "SetVariables", {"setVariableData": [
-            {**cv("OCPPCommCtrlr", "MessageAttempts", instance="TransactionEvent"), "attributeValue": "2"},
-            {**cv("OCPPCommCtrlr", "MessageAttemptInterval", instance="TransactionEvent"), "attributeValue": "1"},
-        ]})
-        assert [r["attributeStatus"] for r in answer["setVariableResult"]] == ["Accepted", "Accepted"]
-        csms.fail_with("TransactionEvent", "InternalError", times=1)
-        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
-        await wait_until(lambda: rt.sessions.connectors[1].plugged)
-        assert (await rt.sessions.present_tag(1, "CARD-1")).accepted
-        await wait_until(lambda: csms.transactions)             # accepted at the 2nd attempt
-        tries = csms.messages(STATION, "TransactionEvent", "in", "call", predicate=lambda m: m.payload["seqNo"] == 0)
-        assert len(tries) == 2 and tries[0].unique_id == tries[1].unique_id   # the same message, the same id
-        assert csms.messages(STATION, "TransactionEvent", "out", "error")
-        [tx] = csms.transactions.values()
-        assert tx.seq_nos[0] == 0 and tx.events[0]["eventType"] == "Started"
-        csms.fail_with("TransactionEvent", "InternalError")   # refuse everything from now on
-        rig.charger("terra").unplug(rig.site.model.now)
-        async with asyncio.timeout(10):
-            while not await rt.store.outbox_dropped():
-                await asyncio.sleep(0.1)
-        dropped = (await rt.store.outbox_dropped())[0]
-        assert dropped.attempts == 2 and "CALLERROR after 2 attempt(s)" in dropped.reason
-        csms.clear_faults()
+async def test_offer_both_falls_back_to_1_6_and_comes_back_to_2_0_1_on_the_same_store(tmp_path):
+    """ocpp = "2.0.1" with offer_both: a CSMS that serves only 1.6 gets the 1.6 adapter; the
+    same agent later reaches a 2.0.1 CSMS and speaks 2.0.1, over the same sessions and store."""
+    port = free_port()
+    only16 = TestCsms(ocpp="1.6", port=port)
+    await only16.start()
+    try:
+        async with site(tmp_path, csms=only16, uplink="offer_both = true") as (rt, rig):
+            await only16.wait_for("StatusNotification", station=STATION, timeout=10,
+                                  predicate=lambda m: m.payload["connectorId"] == 1)
+            assert rt.uplink.connection.negotiated == "1.6"
+            await only16.stop()
+            async with csms_201(port=port) as csms:
+                await connector_status(csms, "Available")
+                assert rt.uplink.connection.negotiated == "2.0.1"
+                boot = await csms.wait_for("BootNotification", station=STATION)
+                assert boot.payload["reason"] == "PowerUp"
+    finally:
+        await only16.stop()

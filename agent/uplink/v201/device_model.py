@@ -166,7 +166,7 @@ class DeviceModel:
         if what == "max_power":
             devices = {d.connector_id: d for d in ctx.rt.config.chargers()}
             d = devices.get(evse)
-            return round(d.max_current * 230.0 * d.phases, 1) if d is not None else 0
+            return round(d.max_current * ctx.rt.config.limits.nominal_voltage * d.phases, 1) if d is not None else 0
         raise KeyError(f"no live value {what!r}")
 
     async def get(self, item: dict[str, Any]) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class SmartChargingHandlers:
             return call_result.GetCompositeSchedule(status="Rejected", status_info=_info("UnknownEvse"))
         now = ctx.clock.now().replace(microsecond=0)
         unit = charging_rate_unit or "A"
-        schedule = ctx.composite_schedule(evse_id, now, duration, unit)
+        schedule = ctx.composite_schedule(evse_id, duration, unit)
         if schedule is None:
             return call_result.GetCompositeSchedule(status="Rejected", status_info=_info(
                 "NoLoadManagement", "load management is not running on this site"))

@@ -304,12 +304,18 @@ class V201Uplink:
         log.warning("reset (OnIdle) requested by the CSMS: no transaction runs; restarting")
         self.rt.request_restart("reset by the CSMS (OnIdle)")
 
-    def composite_schedule(self, connector_id: int, start: datetime, duration: int, unit: str) -> dict | None:
-        """The same function 1.6 uses: load management's answer for the same profiles."""
+    def composite_schedule(self, connector_id: int, duration: int, unit: str) -> dict | None:
+        """Load management's answer, from the same function 1.6 uses (1.6 chargingSchedule
+        shape); None when load management is not running."""
         energy = self.rt.energy
         if energy is None or not hasattr(energy, "composite_schedule"):
             return None
-        return energy.composite_schedule(connector_id, start, duration, unit)
+        from agent.energy.wiring import composite
+        try:
+            return composite(energy, self.rt.config, connector_id, duration, unit)
+        except ValueError as exc:
+            log.info("GetCompositeSchedule for EVSE %d: %s", connector_id, exc)
+            return None
 
     async def save_profile_extras(self, extras: dict[str, Any]) -> None:
         await self.store.kv_set(PROFILE_EXTRAS_KEY, extras)
