@@ -100,3 +100,28 @@ async def test_refused_transaction_events_are_retried_then_dropped_per_message_a
         dropped = (await rt.store.outbox_dropped())[0]
         assert dropped.attempts == 2 and "CALLERROR after 2 attempt(s)" in dropped.reason
         csms.clear_faults()
+
+
+async def test_offline_start_of_an_unknown_tag_is_deauthorized_when_the_csms_refuses_it(tmp_path):
+    from tests.integration.test_uplink_v201 import free_port
+    port = free_port()
+    async with csms_201(port=port) as first, site(tmp_path, csms=first) as (rt, rig):
+        await connector_status(first, "Available")
+        answer = await first.call(STATION, "SetVariables", {"setVariableData": [
+            {**cv("AuthCtrlr", "OfflineTxForUnknownIdEnabled"), "attributeValue": "true"}]})
+        assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+        await first.stop()
+        await wait_until(lambda: not rt.sessions.link_online)
+        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
+        await wait_until(lambda: rt.sessions.connectors[1].plugged)
+        result = await rt.sessions.present_tag(1, "BAD-9")
+        assert result.accepted and result.source.value == "offline_unknown"
+        await wait_until(lambda: rt.sessions.connectors[1].tx is not None)
+        tx_id = rt.sessions.connectors[1].tx.tx_id
+        async with csms_201(port=port, tags=TagRule.reject_prefix("BAD")) as second:
+            await wait_until(lambda: tx_id in second.transactions and second.transactions[tx_id].stop, timeout=15)
+            ended = second.transactions[tx_id].stop
+            assert ended["transactionInfo"]["stoppedReason"] == "DeAuthorized"
+            assert ended["triggerReason"] == "Deauthorized"
+            assert second.transactions[tx_id].start["offline"] is True and "offline" not in ended
+            assert (await rt.store.cache_get("bad-9")).status.value == "Invalid"   # the CSMS's verdict is cached

@@ -117,3 +117,19 @@ async def test_immediate_reset_stops_the_transaction_and_the_next_boot_says_remo
             assert boot.payload["reason"] == "RemoteReset"
             await wait_until(lambda: rt.sessions.link_online)
             assert await rt.store.kv_get("v201.boot_reason") is None   # said once, then PowerUp again
+
+
+async def test_on_idle_reset_waits_for_the_running_transaction(tmp_path):
+    async with csms_201() as csms, site(tmp_path, csms=csms, expect_code=75) as (rt, rig):
+        await connector_status(csms, "Available")
+        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
+        await wait_until(lambda: rt.sessions.connectors[1].plugged)
+        assert (await rt.sessions.present_tag(1, "CARD-I")).accepted
+        await wait_until(lambda: rt.sessions.connectors[1].tx is not None)
+        tx_id = rt.sessions.connectors[1].tx.tx_id
+        assert (await csms.call(STATION, "Reset", {"type": "OnIdle"})) == {"status": "Scheduled"}
+        await asyncio.sleep(0)   # let the scheduled reset start waiting
+        assert not rt.stop.is_set() and rt.sessions.connectors[1].tx is not None   # nothing stopped for it
+        assert (await csms.call(STATION, "RequestStopTransaction", {"transactionId": tx_id}))["status"] == "Accepted"
+        await asyncio.wait_for(rt.stop.wait(), 10)
+        assert rt.restart

@@ -100,8 +100,6 @@ class V201Uplink:
                 tg.create_task(deliver(self.store, self, sleep=self.clock.sleep, stats=self.stats), name="outbox")
                 tg.create_task(self._heartbeats(), name="heartbeat")
                 tg.create_task(self._reservation_updates(), name="reservation updates")
-                if self.reset_pending:
-                    tg.create_task(self._reset_when_idle(), name="reset when idle")
         finally:
             self._set_online(False)
             self.station = None
@@ -282,27 +280,36 @@ class V201Uplink:
 
     async def reset(self, immediate: bool) -> None:
         """Reset: Immediate stops every transaction (ImmediateReset) and restarts;
-        OnIdle waits until no transaction runs. The next boot says RemoteReset."""
+        OnIdle waits until no transaction runs. Either way the transactions' last events
+        get a chance to reach the CSMS first (bounded), and the next boot says
+        RemoteReset. Runs as a sessions task, not a connection's: a scheduled reset
+        survives a dropped link."""
         await self.store.kv_set(BOOT_REASON_KEY, "RemoteReset")
-        if not immediate:
+        if immediate:
+            n = await self.sessions.stop_all(StopReason.HARD_RESET)
+            log.warning("immediate reset requested by the CSMS: %d transaction(s) stopped; restarting", n)
+        else:
             self.reset_pending = True
-            await self._reset_when_idle()
-            return
-        n = await self.sessions.stop_all(StopReason.HARD_RESET)
-        log.warning("immediate reset requested by the CSMS: %d transaction(s) stopped; restarting", n)
-        try:  # let the Ended events reach the CSMS first (bounded: a reset must happen)
+            await self._idle_for(1.0)
+            log.warning("reset (OnIdle) requested by the CSMS: no transaction runs any more; restarting")
+        try:
             async with asyncio.timeout(10):
                 while await self.store.outbox_len() and self.station is not None:
                     await self.clock.sleep(0.2)
         except TimeoutError:
             pass
-        self.rt.request_restart("immediate reset by the CSMS")
+        self.rt.request_restart(f"{'immediate' if immediate else 'OnIdle'} reset by the CSMS")
 
-    async def _reset_when_idle(self) -> None:
-        while self.sessions.busy():
-            await self.clock.sleep(1.0)
-        log.warning("reset (OnIdle) requested by the CSMS: no transaction runs; restarting")
-        self.rt.request_restart("reset by the CSMS (OnIdle)")
+    async def _idle_for(self, seconds: float) -> None:
+        """Until no transaction has run for ``seconds`` (so the last one's Ended event is
+        in the outbox, not still on its way to the store)."""
+        idle_since: float | None = None
+        while idle_since is None or self.clock.monotonic() - idle_since < seconds:
+            if self.sessions.busy():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = self.clock.monotonic()
+            await self.clock.sleep(seconds / 4)
 
     def composite_schedule(self, connector_id: int, duration: int, unit: str) -> dict | None:
         """Load management's answer, from the same function 1.6 uses (1.6 chargingSchedule
@@ -340,7 +347,8 @@ class V201Uplink:
     def status(self) -> dict[str, Any]:
         return {"version": self.version, "boot": self.boot_status, "clock_offset_s": self.clock_offset,
                 "delivered": self.stats.sent, "dropped": self.stats.dropped, "refused": self.stats.refused,
-                "timeouts": self.stats.retried_timeouts, "recent": list(self.recent)[-10:]}
+                "timeouts": self.stats.retried_timeouts, "reset_pending": self.reset_pending,
+                "recent": list(self.recent)[-10:]}
 
 
 def id_token_info(info: dict[str, Any] | None) -> AuthResult:
