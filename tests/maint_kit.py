@@ -96,7 +96,7 @@ def fake_tree(root: Path, *versions: str, current: str | None = None) -> Path:
     for v in versions:
         (root / "releases" / v / "venv" / "bin").mkdir(parents=True, exist_ok=True)
         (root / "releases" / v / ".evsite-release").write_text(v)
-    if current:
+    if current and not (root / "current").is_symlink():
         os.symlink(f"releases/{current}", root / "current")
     return root
 

@@ -34,21 +34,26 @@ SECRET = "pa55-w0rd-for-the-csms"
 
 
 @asynccontextmanager
-async def maint_site(tmp_path: Path, *, extra: str = "", passwords: str | None = None, file_logs: bool = False):
+async def maint_site(tmp_path: Path, *, extra: str = "", passwords: str | None = None, file_logs: bool = False,
+                     csms: TestCsms | None = None, uplink: str = ""):
     """The agent with a release tree (running 0.1.0), a signing PKI and a file server.
-    Yields (rt, rig, csms, srv, pki, box); box["code"] is the exit code afterwards."""
+    Yields (rt, rig, csms, srv, pki, box); box["code"] is the exit code afterwards.
+    ``csms``: one the caller started (and stops); ``uplink``: extra [uplink] keys."""
     root = fake_tree(tmp_path / "opt", "0.1.0", current="0.1.0")
     pki = SigningPki(tmp_path / "pki")
     www = tmp_path / "www"
-    www.mkdir()
+    www.mkdir(exist_ok=True)
     auth = ""
     if passwords:
         pw = tmp_path / "csms-password"
         pw.write_text(passwords)
         pw.chmod(0o600)
         auth = f'security_profile = 1\npassword_file = "{pw}"\n'
-    csms = TestCsms(ocpp="1.6", tags=TagRule.accept_all(), passwords=passwords)
-    await csms.start()
+    own = csms is None
+    if csms is None:
+        csms = TestCsms(ocpp="1.6", tags=TagRule.accept_all(), passwords=passwords)
+        await csms.start()
+    auth += uplink
     text = site_toml(tmp_path, csms.url, free_port(), "\n[maintenance]\n"
                      f'install_dir = "{root}"\nfirmware_signing_root = "{pki.root_path}"\n{extra}')
     text = text.replace('call_timeout = 3', 'call_timeout = 3\n' + auth)
@@ -64,10 +69,10 @@ async def maint_site(tmp_path: Path, *, extra: str = "", passwords: str | None =
         ready.set()
 
     agent = asyncio.create_task(run_agent(config, stop=stop, handle_signals=False, ready=on_ready))
+    waiter = asyncio.create_task(ready.wait())
     try:
         async with FileServer(www) as srv:
-            done, _ = await asyncio.wait({agent, asyncio.ensure_future(ready.wait())}, timeout=15,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({agent, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
             assert ready.is_set(), f"agent did not get ready: {agent.result() if agent.done() else 'timeout'}"
             rt = box["rt"]
             await wait_until(lambda: rt.sessions.link_online, timeout=10)
@@ -78,11 +83,10 @@ async def maint_site(tmp_path: Path, *, extra: str = "", passwords: str | None =
         stop.set()
         if not agent.done():
             await asyncio.wait_for(agent, 15)
-        for t in asyncio.all_tasks():   # the ready waiter, if the agent ended first
-            if t.get_coro().__qualname__.startswith("Event.wait") and not t.done():
-                t.cancel()
+        waiter.cancel()
         await rig.stop()
-        await csms.stop()
+        if own:
+            await csms.stop()
         if logs is not None:
             logs.close()
 
