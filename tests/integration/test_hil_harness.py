@@ -124,7 +124,7 @@ def test_derived_config_keeps_the_original_and_resolves_its_relative_paths(tmp_p
     assert derived.site.state_dir == original.site.state_dir        # still ROOT/run/demo, not copy/run/demo
     assert derived.bus("rs485").port == original.bus("rs485").port
     assert [d.id for d in derived.devices] == [d.id for d in original.devices]
-    assert derived.bus("lan").gap_ms == 50
+    assert derived.bus("lan").port == 15020 and derived.bus("lan").gap_ms is None
 
 
 def test_toml_text_round_trips_what_tomllib_reads():
