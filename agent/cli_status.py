@@ -133,10 +133,58 @@ def render(status: dict[str, Any]) -> str:
         line += f", age {_age(grid.get('age_s'))}" + (" STALE" if grid.get("stale") else "")
         out += ["", line]
 
-    for name in sorted(k for k in status if k not in ("site", "agent", "devices", "connectors", "taken_at", "tick")):
+    out += _sessions(status.get("sessions"))
+    out += _energy(status.get("energy"))
+    out += _uplink(status.get("uplink"))
+    known = ("site", "agent", "devices", "connectors", "taken_at", "tick", "sessions", "energy", "uplink")
+    for name in sorted(k for k in status if k not in known):
         value = status[name]
         if isinstance(value, dict):
             out += ["", f"{name}: " + ", ".join(f"{k}={v}" for k, v in value.items())]
         else:
             out += ["", f"{name}: {value}"]
     return "\n".join(out)
+
+
+def _sessions(sec: Any) -> list[str]:
+    if not isinstance(sec, dict) or not sec.get("connectors"):
+        return []
+    rows = []
+    for c in sec["connectors"]:
+        tx = "-"
+        if c.get("tx_id"):
+            tx = f"{c['tx_id'][:8]} {c.get('id_tag') or ''}".strip()
+            if c.get("meter_start_wh") is not None and c.get("energy_wh") is not None:
+                tx += f" {(c['energy_wh'] - c['meter_start_wh']) / 1000:.2f} kWh"
+        rows.append((str(c["connector_id"]), str(c.get("status") or "-") + ("" if c.get("operative", True) else " (inoperative)"),
+                     tx, str(c["reservation"]) if c.get("reservation") is not None else "-"))
+    lines = ["", f"sessions (CSMS link {'up' if sec.get('link_online') else 'down'}"
+             + (f", {sec['unwritten_events']} events waiting for the store" if sec.get("unwritten_events") else "") + ")"]
+    return lines + _table(("CONNECTOR", "STATUS", "TRANSACTION", "RESERVED"), rows)
+
+
+def _energy(sec: Any) -> list[str]:
+    """Every limit in force per phase, which binds, and each connector's reason."""
+    if not isinstance(sec, dict):
+        return []
+    lines = ["", "load management" + (f" (DIMMED by {sec['dim'].get('source')})" if (sec.get("dim") or {}).get("active") else "")]
+    lines += ["  " + line for line in sec.get("lines") or ["no decision yet"]]
+    for cid, why in (sec.get("held") or {}).items():
+        lines.append(f"  CP{cid} held: {why}")
+    return lines
+
+
+def _uplink(sec: Any) -> list[str]:
+    if not isinstance(sec, dict):
+        return []
+    state = sec.get("state", "?")
+    line = f"uplink {sec.get('station_id', '?')} -> {sec.get('url', '?')}: {state}"
+    if sec.get("version"):
+        line += f" (OCPP {sec['version']}, boot {sec.get('boot') or '?'})"
+    if sec.get("last_error") and state != "connected":
+        line += f"; last error: {sec['last_error']}"
+    out = ["", line]
+    if sec.get("delivered") is not None:
+        out.append(f"  delivered {sec['delivered']}, refused {sec.get('refused', 0)}, dropped {sec.get('dropped', 0)}, "
+                   f"timeouts {sec.get('timeouts', 0)}")
+    return out

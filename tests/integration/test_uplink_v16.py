@@ -243,3 +243,32 @@ async def test_frames_that_are_not_ocpp_j(tmp_path):
         # still connected and answering
         assert (await csms.call(STATION, "GetLocalListVersion", {})) == {"listVersion": 0}
         assert csms.connection_count(STATION) == 1
+
+
+async def test_status_and_authorize_commands_against_the_running_agent(tmp_path):
+    """`evsite authorize` and `evsite status` as processes, over the control socket."""
+    import sys
+
+    async with site(tmp_path) as (rt, rig, csms):
+        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
+        await wait_until(lambda: rt.sessions.connectors[1].plugged)
+        sock = rt.config.control_socket
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "authorize", "1", "CLI-TAG",
+                                                    "--socket", sock, stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out
+        assert b"connector 1: Accepted (online), transaction started" in out
+        await wait_until(lambda: rt.poller.setpoints.get(1) is not None and rt.poller.setpoints[1].enabled)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "status", "--socket", sock,
+                                                    stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        text = out.decode()
+        assert proc.returncode == 0, text
+        assert "load management" in text and "site fuse 63 A" in text and "binds" not in text.split("load management")[0]
+        assert "CP1 16 A" in text                     # the connector's setpoint with its reason
+        assert "sessions (CSMS link up)" in text and "CLI-\u2026" in text    # tags shown shortened (personal data)
+        assert f"uplink {STATION}" in text and "OCPP 1.6" in text
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.cli", "authorize", "7", "X",
+                                                    "--socket", sock, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        assert proc.returncode == 1 and b"no connector 7" in err
