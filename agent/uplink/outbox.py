@@ -78,6 +78,26 @@ class DeliveryStats:
     skipped: int = 0
 
 
+async def _until_stored(write: Callable[[], Awaitable[Any]], sleep: Callable[[float], Awaitable[None]], what: str) -> None:
+    """The CSMS has the message; only our record of that is missing. Sending it again
+    would be a duplicate, so wait for the store (disk full, read-only) instead."""
+    from agent.store import StoreError
+
+    failing = False
+    while True:
+        try:
+            await write()
+        except StoreError as exc:
+            if not failing:
+                log.error("%s but the store cannot record it (%s): waiting for the store before sending more", what, exc)
+                failing = True
+            await sleep(1.0)
+            continue
+        if failing:
+            log.warning("%s: recorded, the store works again", what)
+        return
+
+
 async def message_id_prefix(store: Any) -> str:
     """This store's random id (12 hex digits), created on first use."""
     prefix = await store.kv_get("outbox.message_id_prefix")
@@ -135,5 +155,6 @@ async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Aw
             await sleep(pause)
             continue
         outcome = await delivery.handle(row, payload, result)
-        await store.outbox_done(row.seq, csms_tx_id=outcome.csms_tx_id)
+        await _until_stored(lambda: store.outbox_done(row.seq, csms_tx_id=outcome.csms_tx_id), sleep,
+                            f"outbox {row.seq} delivered")
         stats.sent += 1
