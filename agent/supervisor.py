@@ -206,6 +206,8 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
                     if hasattr(rt.sessions, "may_draw"):  # the real SessionManager (tests may use less)
                         poller.policy = gate_by_sessions(poller.policy, rt.sessions)
                         _sessions_control(rt)
+                        from agent.site.clockwatch import ClockWatch
+                        poller.add_consumer(ClockWatch(rt.sessions).on_site_state)
             # 4. uplink
             if parts.open_uplink is not None:
                 rt.uplink = await stack.enter_async_context(parts.open_uplink(rt))

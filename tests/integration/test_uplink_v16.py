@@ -77,7 +77,8 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def site(tmp_path: Path, *, tags: TagRule | None = None, extra: str = "", csms: TestCsms | None = None):
+async def site(tmp_path: Path, *, tags: TagRule | None = None, extra: str = "", csms: TestCsms | None = None,
+               clock: Any = None):
     port = free_port()
     own = csms is None
     if own:
@@ -95,7 +96,8 @@ async def site(tmp_path: Path, *, tags: TagRule | None = None, extra: str = "", 
         box["rt"] = rt
         ready.set()
 
-    agent = asyncio.create_task(run_agent(config, stop=stop, handle_signals=False, ready=on_ready))
+    kw = {"clock": clock} if clock is not None else {}
+    agent = asyncio.create_task(run_agent(config, stop=stop, handle_signals=False, ready=on_ready, **kw))
     try:
         waiter = asyncio.create_task(ready.wait())
         done, _ = await asyncio.wait({agent, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
