@@ -159,6 +159,7 @@ def rig_commands(rig: Any) -> dict[str, Callable[..., Any]]:
     """Plug/unplug EVs, inject faults, read ground truth (hil.rig.Rig)."""
     from hil.model import Ev
     from hil.scenario import EV_KEYS, Event
+    from hil.trace import Trace
 
     def charger_id(device: str) -> str:
         if device not in rig.site.chargers:
@@ -231,8 +232,23 @@ def rig_commands(rig: Any) -> dict[str, Callable[..., Any]]:
             meters[mid] = {"current": list(r.current), "power_w": r.power_total, "energy_import_wh": r.energy_import_wh}
         return {"elapsed": rig.elapsed(), "chargers": chargers, "meters": meters}
 
+    trace = Trace(rig)
+
+    def trace_start(period: float | None = None) -> int:
+        """Start recording ground truth (hil/trace.py); the number of the next sample."""
+        if period is not None and not (isinstance(period, (int, float)) and period > 0):
+            raise ControlError(f"trace_start: period must be a number of seconds > 0, got {period!r}")
+        return trace.start(period)
+
+    def trace_samples(since: int = 0) -> list[dict[str, Any]]:
+        """Recorded samples numbered ``since`` and later (trace_start first)."""
+        if not trace.running:
+            raise ControlError("trace: nothing recorded; send trace_start first")
+        return trace.since(int(since))
+
     return {"plug": plug, "unplug": unplug, "silent": silent, "back": back, "base_load": base_load,
-            "energy": energy, "truth": truth, "wait_until": wait_until}
+            "energy": energy, "truth": truth, "wait_until": wait_until,
+            "trace_start": trace_start, "trace": trace_samples}
 
 
 # ---------------------------------------------------------------- the test CSMS's commands
