@@ -161,6 +161,11 @@ async def test_the_agent_updates_itself_and_survives_bad_releases(tmp_path):
             assert [code for rel, code in systemd.runs if rel == "9.9.3"] == [75]
             assert guard.current_version(root) == "9.9.1"
             assert sorted(os.listdir(root / "releases")) == ["0.1.0", "9.9.1"]
+        except BaseException:
+            for log in sorted(tmp_path.glob("run-*.log")):     # what each agent run said, for the CI log
+                print(f"==== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
+            print("runs", systemd.runs, "guard", systemd.guard_lines)
+            raise
         finally:
             await systemd.stop()
     assert systemd.runs[-1] == ("9.9.1", 0)

@@ -69,8 +69,8 @@ class V16Reporter:
                                                                    request_id=job.request_id))
             return
         plain = coarse(status)
-        if self._last_plain == (id(job), plain):
-            return  # SignatureVerified, InstallRescheduled...: nothing new in 1.6's words
+        if plain == "Idle" or self._last_plain == (id(job), plain):
+            return  # SignatureVerified, InstallRescheduled...: nothing new in 1.6's words (Idle: triggered only)
         self._last_plain = (id(job), plain)
         await self._send(call.FirmwareStatusNotification(status=plain))
 
