@@ -193,6 +193,9 @@ async def _run(rt: Runtime, parts: Parts, notifier: Notifier, ready: Callable[[R
                 await energy_wiring.start_dim_input(config, rt.energy, stack)
             rt.poller = poller
             rt.control = ControlServer(config.control_socket, status=lambda: _status(rt), group=config.control.group)
+            if rt.energy is not None:   # POST /test/gpio, only with EVSITE_GPIO_MOCK=1 (tests)
+                from agent.energy.wiring import add_gpio_test_route
+                add_gpio_test_route(rt.control)
             if rt.store is not None and hasattr(rt.store, "prune"):
                 from agent.site.recorder import SampleRecorder
                 recorder = SampleRecorder(rt.store, interval=config.store.sample_interval,

@@ -14,12 +14,19 @@ naming the pin. Choices:
   ever touched from the asyncio thread. Without one it is called directly (tests with
   gpiozero's ``MockFactory`` drive pins from the test thread).
 - Contact bounce is filtered by gpiozero (``bounce_time``, 50 ms by default).
+
+Test only: with ``EVSITE_GPIO_MOCK=1`` in the environment, pins are gpiozero's mock pins
+(``MockFactory``) instead of the board's, so an end-to-end test can close the contact
+of a real agent process: ``drive_mock_pin`` is what the agent's control route
+``POST /test/gpio`` (registered only under that variable) calls. Never set on a gateway:
+the agent logs a warning at start when it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +37,42 @@ OnChange = Callable[[bool, str], None]
 
 class GpioError(Exception):
     """The pin cannot be used (unknown name, in use, no GPIO on this machine)."""
+
+
+#: set to "1" to use mock pins (tests of a real agent process; see the module doc)
+MOCK_ENV = "EVSITE_GPIO_MOCK"
+_mock_factory: Any = None
+
+
+def mock_gpio() -> bool:
+    """True when this process runs on mock pins (``EVSITE_GPIO_MOCK=1``)."""
+    return os.environ.get(MOCK_ENV) == "1"
+
+
+def mock_factory() -> Any:
+    """The process's one gpiozero ``MockFactory`` (made on first use)."""
+    global _mock_factory
+    if _mock_factory is None:
+        from gpiozero.pins.mock import MockFactory
+
+        _mock_factory = MockFactory()
+    return _mock_factory
+
+
+def drive_mock_pin(pin: str, high: bool) -> None:
+    """Drive a mock pin high or low, as a contact wired to it would (test only)."""
+    if not mock_gpio():
+        raise GpioError(f"{MOCK_ENV}=1 is not set: real pins cannot be driven from software")
+    from gpiozero.exc import GPIOZeroError
+
+    try:
+        p = mock_factory().pin(pin)
+    except (GPIOZeroError, ValueError) as exc:
+        raise GpioError(f"mock pin {pin!r}: {exc}") from None
+    if high:
+        p.drive_high()
+    else:
+        p.drive_low()
 
 
 class DimInput:
@@ -61,9 +104,13 @@ class DimInput:
         from gpiozero import DigitalInputDevice
         from gpiozero.exc import GPIOZeroError
 
+        factory = self.pin_factory
+        if factory is None and mock_gpio():
+            log.warning("%s=1: dim input on %s is a MOCK pin, driven by POST /test/gpio (tests only)", MOCK_ENV, self.pin)
+            factory = mock_factory()
         try:
             self._device = DigitalInputDevice(
-                self.pin, pull_up=not self.active_high, bounce_time=self.bounce_time, pin_factory=self.pin_factory)
+                self.pin, pull_up=not self.active_high, bounce_time=self.bounce_time, pin_factory=factory)
         except (GPIOZeroError, ValueError, OSError) as exc:
             raise GpioError(f"dim input on {self.pin}: {type(exc).__name__}: {exc}") from exc
         self._device.when_activated = lambda: self._report(True)

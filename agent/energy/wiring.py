@@ -104,5 +104,33 @@ async def start_dim_input(config: Any, energy: EnergyController, stack: AsyncExi
     log.info("grid operator dim contact on %s", config.gpio.dim_pin)
 
 
-__all__ = ["build", "composite", "datetime", "energy_shape", "follow_sessions", "policy_with_fixed_caps",
+def add_gpio_test_route(control: Any) -> None:
+    """Test only: with ``EVSITE_GPIO_MOCK=1`` (drivers/gpio.py) the dim contact is a mock
+    pin, and ``POST /test/gpio {"pin": "GPIO17", "state": true}`` closes it (false opens
+    it), so an end-to-end test can drive the contact of a real agent process. Without the
+    variable the route does not exist."""
+    from drivers.gpio import GpioError, drive_mock_pin, mock_gpio
+
+    if not mock_gpio():
+        return
+    from agent.control.server import ControlError, json_body
+
+    async def handler(request: Any) -> dict[str, Any]:
+        body = await json_body(request)
+        pin, state = body.get("pin"), body.get("state")
+        if not isinstance(pin, str) or not pin:
+            raise ControlError(400, "pin must be a pin name such as \"GPIO17\"")
+        if not isinstance(state, bool):
+            raise ControlError(400, "state must be true (drive the pin high) or false (low)")
+        try:
+            drive_mock_pin(pin, state)
+        except GpioError as exc:
+            raise ControlError(400, str(exc)) from None
+        log.info("test: mock pin %s driven %s through the control API", pin, "high" if state else "low")
+        return {"pin": pin, "state": state}
+
+    control.add_route("POST", "/test/gpio", handler)
+
+
+__all__ = ["add_gpio_test_route", "build", "composite", "datetime", "energy_shape", "follow_sessions", "policy_with_fixed_caps",
            "start_dim_input", "validate_profile"]
