@@ -9,6 +9,7 @@ requests into calls here and the status words reported back into their messages.
     verify.py        signing certificate chain + signature (cryptography)
     release.py       hostile archive -> wheels -> a new release venv; switch, prune
     guard.py         boot guard (stdlib only): rolls back a release that cannot start
+    job.py           an update request and its status words (version-neutral)
     update.py        the update state machine (persisted, confirm window, rollback)
     diagnostics.py   the log archive (secrets redacted) and its HTTP upload
     certificates.py  installed roots, the station's key + CSR, the client certificate

@@ -262,3 +262,16 @@ async def test_bad_inputs_are_refused_and_the_running_release_is_untouched(tmp_p
             with pytest.raises(RequestRefused) as refused:
                 checker.check(job)
             assert refused.value.status == answer
+
+
+async def test_without_a_release_tree_updates_are_refused_and_nothing_is_created(tmp_path):
+    async with world(tmp_path) as (root, www, srv, pki, ctx, store):
+        nowhere = tmp_path / "not-installed"
+        box = Box(store, nowhere, OLD, pki, ctx)
+        with pytest.raises(RequestRefused, match="not possible here") as refused:
+            box.updater.check(UpdateJob(srv.url("x.whl"), NOW))
+        assert refused.value.status == "Rejected"
+        box.updater.start(UpdateJob(srv.url("x.whl"), NOW))
+        await box.settled()
+        assert box.statuses == ["InstallationFailed"] and srv.gets("x.whl") == []
+        assert not nowhere.exists()
