@@ -7,8 +7,9 @@ Order after a connect, as 2.0.1 asks (B01-B04):
    Accepted boot goes straight on. While Pending the station sends nothing else but
    answers the CSMS (GetVariables, GetBaseReport, ...; a TriggerMessage for the boot
    sends it at once); while Rejected every CSMS call is answered SecurityError.
-2. The current status of every connector (StatusNotification per EVSE/connector):
-   statuses queued before this connection are history and are skipped by the outbox.
+2. The current status of every connector (StatusNotification per EVSE/connector);
+   a queued status goes out only while it is still current and not yet reported, so
+   statuses from before this connection are never replayed over the current ones.
 3. The outbox drains in order (agent/uplink/outbox.py): TransactionEvents with the
    seqNo fixed at record time and the offline flag set when they happened; heartbeats,
    reservation updates and follow-ups of CSMS calls (NotifyReport,
@@ -24,7 +25,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable
-from datetime import datetime
 from typing import Any
 
 from ocpp.v201 import call
@@ -67,8 +67,6 @@ class V201Uplink:
         self.boot_status: str | None = None
         self.accepted = False               # an Accepted boot since the agent started
         self.clock_offset: float | None = None
-        #: when this connection went online: statuses queued earlier are history
-        self.online_since: datetime | None = None
         self.stats = DeliveryStats()
         self.recent: deque[str] = deque(maxlen=50)
         self.reset_pending = False
@@ -94,7 +92,6 @@ class V201Uplink:
                 tg.create_task(station.start(), name="ocpp receive")
                 if not self.accepted:
                     await self._boot()
-                self.online_since = self.clock.now()
                 self._set_online(True)
                 await self._send_statuses()
                 tg.create_task(deliver(self.store, self, sleep=self.clock.sleep, stats=self.stats), name="outbox")
@@ -199,10 +196,15 @@ class V201Uplink:
     async def build(self, row: Any) -> Any:
         ev = row.event
         if isinstance(ev, StatusChanged) and ev.connector_id != 0:
-            if self.online_since is not None and row.created_at < self.online_since:
-                raise Skip("status queued before this connection: the current one was sent at connect")
-            if self._last_status.get(ev.connector_id) == messages.STATUS[ev.status]:
-                raise Skip(f"{ev.status.value} is {messages.STATUS[ev.status]} again in 2.0.1")
+            # a queued status is sent only while it is still the connector's status and
+            # not yet said: statuses from before this connection (the current one was sent
+            # at connect) and ones a newer change overtook are skipped; no clock involved
+            c = self.sessions.connectors.get(ev.connector_id)
+            word = messages.STATUS[ev.status]
+            if c is None or c.recorded is None or messages.STATUS[c.recorded.status] != word:
+                raise Skip(f"{word} is no longer the status of EVSE {ev.connector_id}")
+            if self._last_status.get(ev.connector_id) == word:
+                raise Skip(f"{ev.status.value} is {word} again in 2.0.1: already reported")
         return await messages.build(row, self.store, self.settings)
 
     async def send(self, payload: Any, message_id: str) -> Any:
