@@ -20,7 +20,7 @@ from typing import Any
 
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import OCPPError
-from ocpp.messages import CallError, unpack
+from ocpp.messages import Call, CallError, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import Action
@@ -48,13 +48,18 @@ class Station(MaintenanceHandlers, ChargePoint):
         like a CALL with a readable message id, answer it with a CALLERROR (1.6J 4.2.3),
         so the CSMS is not left waiting; otherwise there is no one to answer: log it."""
         try:
-            unpack(raw_msg)
+            msg = unpack(raw_msg)
         except OCPPError as err:
             uid = call_id_of(raw_msg)
             log.warning("frame from the CSMS is not OCPP-J (%s: %s): %.200r", err.code, err.details or err.description, raw_msg)
             if uid is not None:
                 code = "FormationViolation" if err.code == "FormatViolation" else err.code
                 await self._send(CallError(uid, code, "not a valid OCPP-J CALL", {}).to_json())
+            return
+        if isinstance(msg, Call) and (where := out_of_int32(msg.payload)) is not None:
+            log.warning("%s from the CSMS refused: %s is outside OCPP's 32-bit integer range", msg.action, where)
+            await self._send(CallError(msg.unique_id, "TypeConstraintViolation",
+                                       f"{where} is outside the 32-bit integer range", {}).to_json())
             return
         await super().route_message(raw_msg)
 
@@ -214,6 +219,24 @@ class Station(MaintenanceHandlers, ChargePoint):
     @on(Action.data_transfer)
     async def on_data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None) -> Any:
         return call_result.DataTransfer(status="UnknownVendorId")
+
+
+def out_of_int32(value: Any, path: str = "") -> str | None:
+    """The path of the first integer outside -2^31 .. 2^31-1 (OCPP's integer type), if any:
+    such ids and versions cannot be kept, so the call is refused before it acts."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path or "payload" if not -2**31 <= value < 2**31 else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (hit := out_of_int32(v, f"{path}.{k}" if path else str(k))) is not None:
+                return hit
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            if (hit := out_of_int32(v, f"{path}[{i}]")) is not None:
+                return hit
+    return None
 
 
 def call_id_of(raw: Any) -> str | None:
