@@ -212,13 +212,17 @@ async def test_charx_connectors_share_a_unit_id_but_not_a_charger(tmp_path):
 @pytest.mark.parametrize("name", KEEPALIVE)
 async def test_keepalive_holds_off_the_failsafe_until_the_controller_goes_silent(name, tmp_path):
     """Driver and rig on one SimClock: the keep-alive task's writes land in the model."""
-    cfg = one_device_site(tmp_path, name, "tcp", "charger")
+    transport = "tcp" if "tcp" in PROFILES[name].transports else "rtu"
+    cfg = one_device_site(tmp_path, name, transport, "charger")
     async with AsyncExitStack() as stack:
         shared = SimClock()
         rig = Rig(cfg, None, shared, tick=1.0)
         await rig.start()
         stack.push_async_callback(rig.stop)
-        cfg.buses[0].port = rig.servers["bus"].port
+        if transport == "tcp":
+            cfg.buses[0].port = rig.servers["bus"].port
+        else:
+            cfg.buses[0].gap_ms = 0   # the RS-485 gap would wait on the simulated clock
         bus = build_bus(cfg.buses[0], shared)
         stack.push_async_callback(bus.close)
         charger = build_device(cfg.devices[0], bus, shared)
