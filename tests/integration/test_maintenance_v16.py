@@ -23,7 +23,7 @@ from agent.maintenance import guard
 from agent.supervisor import EXIT_RESTART, run_agent
 from agent.timefmt import utc_text
 from hil.csms.rules import TagRule
-from hil.csms.server import TestCsms
+from hil.csms.server import CallErrorReply, TestCsms
 from hil.model import Ev
 from hil.rig import Rig
 from tests.integration.test_uplink_v16 import STATION, free_port, site_toml, wait_until
@@ -119,6 +119,9 @@ async def test_update_firmware_bad_inputs_reach_the_csms_as_statuses(tmp_path):
         await wait_status(csms, "FirmwareStatusNotification", "InstallationFailed", n)
         assert statuses(csms, "FirmwareStatusNotification", n) == ["Downloading", "Downloaded", "InstallationFailed"]
         assert guard.current_version(root) == "0.1.0" and os.listdir(root / "releases") == ["0.1.0"]
+        with pytest.raises(CallErrorReply) as bad_date:
+            await csms.call(STATION, "UpdateFirmware", {"location": srv.url("x.whl"), "retrieveDate": "tomorrow"})
+        assert bad_date.value.code == "PropertyConstraintViolation" and "retrieveDate" in bad_date.value.description
         n = len(csms.log)
         trig = await csms.call(STATION, "TriggerMessage", {"requestedMessage": "FirmwareStatusNotification"})
         assert trig == {"status": "Accepted"}

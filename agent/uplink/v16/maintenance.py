@@ -25,6 +25,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.routing import after, on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
@@ -105,27 +106,31 @@ class MaintenanceHandlers:
     # ---- firmware ------------------------------------------------------------------------------
     @on(Action.update_firmware)
     async def on_update_firmware(self, location: str, retrieve_date: str, retries: int | None = None,
-                                 retry_interval: int | None = None) -> Any:
+                                 retry_interval: int | None = None, call_unique_id: str = "") -> Any:
+        job = UpdateJob(location, _time(retrieve_date, "retrieveDate", required=True), retries or 0, float(retry_interval or 0))
+        self._accepted_jobs()[call_unique_id] = job
         return call_result.UpdateFirmware()
 
     @after(Action.update_firmware)
-    async def after_update_firmware(self, location: str, retrieve_date: str, retries: int | None = None,
-                                    retry_interval: int | None = None) -> None:
+    async def after_update_firmware(self, call_unique_id: str = "", **_: Any) -> None:
+        job = self._accepted_jobs().pop(call_unique_id, None)
         service = self.maintenance
-        if service is None:
-            log.error("UpdateFirmware for %s ignored: remote maintenance is not running", safe_url(location))
+        if job is None:
             return
-        service.firmware.start(UpdateJob(location, parse_utc(retrieve_date), retries or 0, float(retry_interval or 0)))
+        if service is None:
+            log.error("UpdateFirmware for %s ignored: remote maintenance is not running", safe_url(job.location))
+            return
+        service.firmware.start(job)
 
     @on(Action.signed_update_firmware)
     async def on_signed_update_firmware(self, request_id: int, firmware: dict, retries: int | None = None,
                                         retry_interval: int | None = None, call_unique_id: str = "") -> Any:
+        job = UpdateJob(firmware["location"], _time(firmware["retrieve_date_time"], "retrieveDateTime", required=True), retries or 0,
+                        float(retry_interval or 0), request_id, firmware["signing_certificate"], firmware["signature"],
+                        _time(firmware.get("install_date_time"), "installDateTime"))
         service = self.maintenance
         if service is None:
             return call_result.SignedUpdateFirmware(status="Rejected")
-        job = UpdateJob(firmware["location"], parse_utc(firmware["retrieve_date_time"]), retries or 0,
-                        float(retry_interval or 0), request_id, firmware["signing_certificate"], firmware["signature"],
-                        parse_utc(firmware["install_date_time"]) if firmware.get("install_date_time") else None)
         try:
             status = service.firmware.check(job)
         except RequestRefused as refused:
@@ -153,8 +158,8 @@ class MaintenanceHandlers:
     async def on_get_diagnostics(self, location: str, retries: int | None = None, retry_interval: int | None = None,
                                  start_time: str | None = None, stop_time: str | None = None,
                                  call_unique_id: str = "") -> Any:
-        req = LogRequest("diagnostics", location, None, _time(start_time), _time(stop_time), retries or 0,
-                         float(retry_interval or 0))
+        req = LogRequest("diagnostics", location, None, _time(start_time, "startTime"), _time(stop_time, "stopTime"),
+                         retries or 0, float(retry_interval or 0))
         name = self._check_upload(req, call_unique_id)
         return call_result.GetDiagnostics(file_name=name)
 
@@ -162,8 +167,8 @@ class MaintenanceHandlers:
     async def on_get_log(self, log: dict, log_type: str, request_id: int, retries: int | None = None,
                          retry_interval: int | None = None, call_unique_id: str = "") -> Any:
         kind = "security" if log_type == "SecurityLog" else "diagnostics"
-        req = LogRequest(kind, log["remote_location"], request_id, _time(log.get("oldest_timestamp")),
-                         _time(log.get("latest_timestamp")), retries or 0, float(retry_interval or 0))
+        req = LogRequest(kind, log["remote_location"], request_id, _time(log.get("oldest_timestamp"), "oldestTimestamp"),
+                         _time(log.get("latest_timestamp"), "latestTimestamp"), retries or 0, float(retry_interval or 0))
         service = self.maintenance
         busy = service is not None and service.logs.running
         name = self._check_upload(req, call_unique_id)
@@ -281,5 +286,12 @@ class MaintenanceHandlers:
             log.warning("ExtendedTriggerMessage %s not served: %s", requested_message, exc)
 
 
-def _time(text: str | None) -> Any:
-    return parse_utc(text) if text else None
+def _time(text: str | None, name: str, required: bool = False) -> Any:
+    """A date-time field (the library does not check formats): a CALLERROR naming it."""
+    if not text and not required:
+        return None
+    try:
+        return parse_utc(text)
+    except (ValueError, TypeError):
+        raise PropertyConstraintViolationError(description=f"{name} is not an RFC 3339 date-time with a timezone",
+                                               details={"field": name}) from None
