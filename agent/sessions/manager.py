@@ -166,10 +166,13 @@ class SessionManager:
 
         if c.recovering is not None:
             rec = c.recovering
+            known = rec.last_meter_wh if rec.last_meter_wh is not None else rec.meter_start_wh
             if reading is not None and not c.stale and c.energy_wh is not None:
-                stop = _wh(c.energy_wh) if c.energy_wh >= rec.meter_start_wh else _wh(rec.last_meter_wh or rec.meter_start_wh)
+                # a register below what this transaction already counted was reset or
+                # replaced meanwhile: its value says nothing about this transaction
+                stop = _wh(c.energy_wh) if c.energy_wh >= max(known, rec.meter_start_wh) else _wh(known)
             elif mono - self._started_mono >= RECOVERY_WAIT:
-                stop = _wh(rec.last_meter_wh or rec.meter_start_wh)
+                stop = _wh(known)
             else:
                 stop = None
             if stop is not None:
