@@ -26,6 +26,7 @@ The rig's control channel serves it (hil/control.py: ``trace_start``, ``trace``,
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from typing import Any
@@ -82,7 +83,10 @@ class Trace:
 
     def since(self, seq: int = 0) -> list[dict[str, Any]]:
         """Samples numbered ``seq`` and later that are still kept, in order."""
-        return [s for s in self.samples if s["seq"] >= seq]
+        if not self.samples:
+            return []
+        skip = max(0, seq - self.samples[0]["seq"])   # numbers are consecutive
+        return list(itertools.islice(self.samples, skip, None))
 
 
 def ev_current(sample: dict[str, Any]) -> list[float]:
