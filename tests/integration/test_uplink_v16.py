@@ -274,3 +274,24 @@ async def test_status_and_authorize_commands_against_the_running_agent(tmp_path)
                                                     "--socket", sock, stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
         assert proc.returncode == 1 and b"no connector 7" in err
+
+
+async def test_tag_read_by_the_chargers_rfid_register_starts_a_session(tmp_path):
+    """A Vestel EVC04 reports the card it read in its RFID registers: the agent presents
+    it like any tag (authorized without holding up the poll loop)."""
+    extra = """
+        [[devices]]
+        id = "vestel"
+        role = "charger"
+        profile = "vestel-evc04"
+        bus = "lan"
+        unit_id = 255
+        connector_id = 2
+        max_current = 16
+    """
+    async with site(tmp_path, extra=extra) as (rt, rig, csms):
+        rig.charger("vestel").plug(Ev(ramp_delay=0.1, rfid="04A1B2C3"), rig.site.model.now)
+        start = await csms.wait_for("StartTransaction", station=STATION, timeout=10)
+        assert start.payload["idTag"] == "04A1B2C3" and start.payload["connectorId"] == 2
+        auth = csms.messages(STATION, "Authorize", "in", "call")
+        assert [m.payload["idTag"] for m in auth] == ["04A1B2C3"]
