@@ -152,3 +152,17 @@ async def test_soft_reset_stops_transactions_then_exits_for_a_restart(tmp_path):
     finally:
         base.run_agent = original
     assert codes == [EXIT_RESTART]
+
+
+async def test_a_card_of_the_same_parent_stops_the_session_another_does_not(tmp_path):
+    tags = TagRule(parents={"DAD": "FAMILY", "KID": "FAMILY", "NEIGHBOUR": "OTHERS"})
+    async with site(tmp_path, tags=tags) as (rt, rig, csms):
+        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
+        await wait_until(lambda: rt.sessions.connectors[1].plugged)
+        assert (await rt.sessions.present_tag(1, "DAD")).accepted
+        await csms.wait_for("StartTransaction", station=STATION)
+        assert not (await rt.sessions.present_tag(1, "NEIGHBOUR")).accepted
+        assert rt.sessions.connectors[1].tx is not None
+        assert (await rt.sessions.present_tag(1, "KID")).accepted
+        stop = await csms.wait_for("StopTransaction", station=STATION)
+        assert stop.payload["reason"] == "Local" and stop.payload["idTag"] == "KID"
