@@ -241,3 +241,22 @@ async def test_tx_profile_for_the_running_transaction(tmp_path, purpose):
         assert (await csms.call(STATION, "SetChargingProfile", {"evseId": 1, "chargingProfile": wrong}))["status"] == "Rejected"
         assert (await csms.call(STATION, "RequestStopTransaction", {"transactionId": tx_id}))["status"] == "Accepted"
         await wait_until(lambda: rt.profiles.profiles == [])     # a TxProfile lives as long as its transaction
+
+
+async def test_refused_notifications_cost_neither_the_link_nor_later_messages(tmp_path):
+    async with csms_201() as csms:
+        csms.fail_with("StatusNotification", "InternalError", times=1)      # the first one, at connect
+        csms.fail_with("ReservationStatusUpdate", "InternalError", times=1)
+        async with site(tmp_path, csms=csms) as (rt, rig):
+            await csms.wait_for("StatusNotification", station=STATION, timeout=10)
+            for rid in (1, 2):
+                since = len(csms.log)
+                ok = await csms.call(STATION, "ReserveNow", {
+                    "id": rid, "expiryDateTime": utc_text(rt.clock.now() + timedelta(seconds=1)), "evseId": 1,
+                    "idToken": {"idToken": "R", "type": "ISO14443"}})
+                assert ok == {"status": "Accepted"}
+                update = await csms.wait_for("ReservationStatusUpdate", station=STATION, timeout=10, since=since)
+                assert update.payload["reservationId"] == rid
+                await connector_status(csms, "Available", since=since)
+            refused = csms.messages(STATION, "ReservationStatusUpdate", "out", "error")
+            assert len(refused) == 1 and csms.connection_count(STATION) == 1

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
+from ocpp.exceptions import OCPPError
 from ocpp.v201 import call
 
 from agent import __version__
@@ -171,7 +172,11 @@ class V201Uplink:
             view = self.sessions.connectors[cid].recorded
             if view is None:
                 continue
-            await self._call(messages.status_notification(cid, view.status, self.clock.now()))
+            try:
+                await self._call(messages.status_notification(cid, view.status, self.clock.now()))
+            except OCPPError as exc:   # a CSMS refusing a status must not cost the connection
+                log.warning("StatusNotification for EVSE %d refused by the CSMS: %s", cid, exc)
+                continue
             self._last_status[cid] = messages.STATUS[view.status]
 
     async def _call(self, payload: Any, message_id: str | None = None) -> Any:
@@ -340,8 +345,14 @@ class V201Uplink:
         while True:
             while self._reservations:
                 reservation_id, reason = self._reservations[0]
-                await self._call(call.ReservationStatusUpdate(reservation_id=reservation_id,
-                                                              reservation_update_status=reason))
+                try:
+                    await self._call(call.ReservationStatusUpdate(reservation_id=reservation_id,
+                                                                  reservation_update_status=reason))
+                except OCPPError as exc:   # refused: sending it again would not help
+                    log.warning("ReservationStatusUpdate %d refused by the CSMS: %s", reservation_id, exc)
+                except (TimeoutError, asyncio.TimeoutError):
+                    await self.clock.sleep(5.0)
+                    continue
                 self._reservations.popleft()
             self._reservations_changed.clear()
             await self._reservations_changed.wait()
