@@ -220,7 +220,9 @@ class SessionManager:
             if values:
                 events.append(MeterSampled(c.connector_id, now, values, "Sample.Periodic", c.tx.tx_id, offline))
             c.tx.last_sample_mono = mono
-        events += self._status_event(c, state.setpoints.get(c.connector_id), now)
+        never_read = health is not None and health.last_good is None and health.consecutive_failures < 3
+        if not never_read:  # a charger not read yet is not Faulted: say nothing until it answers or is stale
+            events += self._status_event(c, state.setpoints.get(c.connector_id), now)
         return events
 
     def _station_status(self, state: SiteState) -> list[Event]:
