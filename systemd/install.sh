@@ -186,6 +186,11 @@ sed -e "s#/opt/evsite#$opt#g" -e "s#/etc/evsite#$etc#g" -e "s#/var/lib/evsite#$s
     "$here/evsite.service" > "$unitdir/evsite.service.new"
 chmod 0644 "$unitdir/evsite.service.new"
 mv -f "$unitdir/evsite.service.new" "$unitdir/evsite.service"
+# remote software updates (docs/maintenance.md): the boot guard and a writable release tree
+mkdir -p "$unitdir/evsite.service.d"
+sed -e "s#/opt/evsite#$opt#g" "$here/updates.conf" > "$unitdir/evsite.service.d/updates.conf.new"
+chmod 0644 "$unitdir/evsite.service.d/updates.conf.new"
+mv -f "$unitdir/evsite.service.d/updates.conf.new" "$unitdir/evsite.service.d/updates.conf"
 
 if [ "$use_systemd" = 0 ]; then
     say "installed under ${prefix:-/} (no user, no systemctl: --no-systemd)"
@@ -204,6 +209,8 @@ done
 chown root:evsite "$etc" "$etc/site.toml"
 chmod 0750 "$etc"
 chown evsite:evsite "$state"
+# the agent installs updates as new releases and switches `current` itself
+chown -R evsite:evsite "$opt"
 systemctl daemon-reload
 systemctl enable evsite.service >/dev/null
 if systemctl is-active --quiet evsite.service; then

@@ -141,6 +141,9 @@ def test_install_twice_gives_the_same_tree_and_keeps_the_config(tmp_path, wheel)
     unit = unit_sections(prefix / "etc/systemd/system/evsite.service")["Service"]
     assert unit["ExecStart"] == f"{prefix}/opt/evsite/current/venv/bin/evsite run --config {prefix}/etc/evsite/site.toml"
     assert unit["ReadWritePaths"] == f"{prefix}/var/lib/evsite"
+    dropin = unit_sections(prefix / "etc/systemd/system/evsite.service.d/updates.conf")["Service"]
+    assert dropin["ReadWritePaths"] == f"{prefix}/opt/evsite"       # the agent installs its own updates
+    assert dropin["ExecStartPre"].endswith(f"boot-guard.py {prefix}/opt/evsite")
 
 
 @pytest.mark.slow
