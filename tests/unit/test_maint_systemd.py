@@ -55,9 +55,8 @@ def test_install_sh_tree_is_the_updaters_tree_and_the_drop_in_verifies(tmp_path)
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed")
     unit = prefix / "etc" / "systemd" / "system" / "evsite.service"
-    dropin_dir = unit.with_name("evsite.service.d")
-    dropin_dir.mkdir()
-    (dropin_dir / "updates.conf").write_text(DROPIN.read_text().replace("/opt/evsite", str(opt)))
+    dropin = unit.with_name("evsite.service.d") / "updates.conf"   # install.sh put it there
+    assert dropin.read_text() == DROPIN.read_text().replace("/opt/evsite", str(opt))
     shutil.copy(guard.__file__, opt / guard.GUARD_COPY)
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit.parent}:"})
