@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.auth.types import AuthResult, AuthSource, AuthStatus
 from agent.sessions.connector import (
-    ActiveTx, Connector, PendingAuth, Reservation, StatusView, charging_state, energy_of, sampled_values,
+    ActiveTx, Connector, PendingAuth, Reservation, charging_state, energy_of, sampled_values,
 )
 from agent.sessions.events import (
     ConnectorStatus, Event, MeterSampled, SecurityEvent, StatusChanged, StopReason, TransactionEnded,
@@ -93,13 +93,8 @@ class SessionManager:
             c = self.connectors.get(int(r.get("connector_id", -1)))
             if c is not None:
                 c.reservation = Reservation(int(r["id"]), c.connector_id, r["id_tag"], r.get("parent"), parse_utc(r["expiry"]))
-        last = await self.store.last_status()
-        for cid, ev in last.items():
-            c = self.connectors.get(cid)
-            if c is not None:
-                c.recorded = StatusView(ev.status, ev.error_code, ev.info, ev.vendor_error_code)
-            elif cid == 0:
-                self.station = ev
+        # statuses from the last run are history: each connector's status is known again
+        # from its first reading (the CSMS is told the current one, never the stored one)
         for tx in await self.store.open_transactions():
             c = self.connectors.get(tx.connector_id)
             if c is None or c.recovering is not None:
