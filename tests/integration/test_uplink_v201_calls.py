@@ -217,8 +217,8 @@ async def test_unlock_data_transfer_security_events_and_refusals(tmp_path):
             "location": "https://example.com/fw.bin", "retrieveDateTime": utc_text(rt.clock.now())}})
         assert firmware["status"] == "Rejected" and firmware["statusInfo"]["reasonCode"] == "NotSupported"
         log = await csms.call(STATION, "GetLog", {"logType": "DiagnosticsLog", "requestId": 2,
-                                                  "log": {"remoteLocation": "https://example.com/logs"}})
-        assert log["status"] == "Rejected"
+                                                  "log": {"remoteLocation": "ftp://127.0.0.1/logs"}})
+        assert log["status"] == "Rejected" and log["statusInfo"]["reasonCode"] == "InvalidURL"
         cert = await csms.call(STATION, "InstallCertificate", {"certificateType": "CSMSRootCertificate",
                                                                "certificate": "-----BEGIN CERTIFICATE-----"})
         assert cert["status"] == "Rejected"

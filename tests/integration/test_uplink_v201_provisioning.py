@@ -92,7 +92,10 @@ async def test_trigger_message(tmp_path):
         unknown = await csms.call(STATION, "TriggerMessage", {"requestedMessage": "Heartbeat", "evse": {"id": 3}})
         assert unknown["status"] == "Rejected"
         certificate = await csms.call(STATION, "TriggerMessage", {"requestedMessage": "SignChargingStationCertificate"})
-        assert certificate["status"] == "NotImplemented"
+        assert certificate["status"] == "Accepted"
+        assert (await csms.wait_for("SignCertificate", station=STATION)).payload["certificateType"] == "ChargingStationCertificate"
+        v2g = await csms.call(STATION, "TriggerMessage", {"requestedMessage": "SignV2GCertificate"})
+        assert v2g["status"] == "NotImplemented"
 
 
 async def test_immediate_reset_stops_the_transaction_and_the_next_boot_says_remote_reset(tmp_path):

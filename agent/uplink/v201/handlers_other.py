@@ -1,8 +1,8 @@
 """CSMS calls the agent does not carry out (yet), answered with the status each message
 defines for "not done" rather than a CALLERROR, so a CSMS sees a clean refusal:
-firmware update and GetLog (the maintenance issue's machinery, not wired to 2.0.1 yet),
-certificate management (another issue), network profiles, display messages, customer
-information and variable monitoring. Each refusal is logged once per call."""
+publishing firmware to local stations, network profiles, display messages, customer
+information and variable monitoring. Each refusal is logged once per call. (Firmware
+updates, GetLog and certificates are maintenance.py's.)"""
 
 from __future__ import annotations
 
@@ -22,11 +22,6 @@ def _refused(action: str, why: str) -> dict[str, str]:
 
 
 class UnsupportedHandlers:
-    @on(Action.update_firmware)
-    async def on_v201_update_firmware(self, **_: Any) -> Any:
-        return call_result.UpdateFirmware(status="Rejected", status_info=_refused(
-            "UpdateFirmware", "firmware update over OCPP 2.0.1 is not implemented yet"))
-
     @on(Action.publish_firmware)
     async def on_v201_publish_firmware(self, **_: Any) -> Any:
         return call_result.PublishFirmware(status="Rejected", status_info=_refused(
@@ -35,29 +30,6 @@ class UnsupportedHandlers:
     @on(Action.unpublish_firmware)
     async def on_v201_unpublish_firmware(self, **_: Any) -> Any:
         return call_result.UnpublishFirmware(status="NoFirmware")
-
-    @on(Action.get_log)
-    async def on_v201_get_log(self, **_: Any) -> Any:
-        return call_result.GetLog(status="Rejected", status_info=_refused(
-            "GetLog", "log upload over OCPP 2.0.1 is not implemented yet"))
-
-    @on(Action.install_certificate)
-    async def on_v201_install_certificate(self, **_: Any) -> Any:
-        return call_result.InstallCertificate(status="Rejected", status_info=_refused(
-            "InstallCertificate", "certificate management is not implemented yet"))
-
-    @on(Action.delete_certificate)
-    async def on_v201_delete_certificate(self, **_: Any) -> Any:
-        return call_result.DeleteCertificate(status="NotFound")
-
-    @on(Action.get_installed_certificate_ids)
-    async def on_v201_get_installed_certificate_ids(self, **_: Any) -> Any:
-        return call_result.GetInstalledCertificateIds(status="NotFound")
-
-    @on(Action.certificate_signed)
-    async def on_v201_certificate_signed(self, **_: Any) -> Any:
-        return call_result.CertificateSigned(status="Rejected", status_info=_refused(
-            "CertificateSigned", "no certificate signing request is pending"))
 
     @on(Action.set_network_profile)
     async def on_v201_set_network_profile(self, **_: Any) -> Any:

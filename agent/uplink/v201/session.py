@@ -2,7 +2,8 @@
 
 Order after a connect, as 2.0.1 asks (B01-B04):
 
-1. BootNotification (reason PowerUp, or RemoteReset after a Reset the CSMS asked for)
+1. BootNotification (reason PowerUp; RemoteReset after a Reset the CSMS asked for;
+   FirmwareUpdate when this release is on trial after an update)
    until Accepted; 2.0.1 boots once per start of the agent, so a reconnect after an
    Accepted boot goes straight on. While Pending the station sends nothing else but
    answers the CSMS (GetVariables, GetBaseReport, ...; a TriggerMessage for the boot
@@ -41,6 +42,7 @@ from agent.uplink.connection import Link
 from agent.uplink.outbox import DeliveryStats, Outcome, Skip, deliver
 from agent.uplink.v201 import messages
 from agent.uplink.v201.device_model import DeviceModel, chunks
+from agent.uplink.v201.maintenance import boot_reason, maintenance_online
 from agent.uplink.v201.station import Station
 
 log = logging.getLogger("evsite.uplink.v201")
@@ -95,6 +97,7 @@ class V201Uplink:
                     await self._boot()
                 self._set_online(True)
                 await self._send_statuses()
+                maintenance_online(self)       # firmware/log statuses from now on, through this link
                 tg.create_task(deliver(self.store, self, sleep=self.clock.sleep, stats=self.stats), name="outbox")
                 tg.create_task(self._heartbeats(), name="heartbeat")
                 tg.create_task(self._reservation_updates(), name="reservation updates")
@@ -109,7 +112,7 @@ class V201Uplink:
         self.authorizer.is_online = (lambda: True) if online else (lambda: False)
 
     async def _boot(self) -> None:
-        reason = await self.store.kv_get(BOOT_REASON_KEY) or "PowerUp"
+        reason = await self.store.kv_get(BOOT_REASON_KEY) or boot_reason(self.rt)
         while True:
             self._boot_now.clear()
             result = await self._send_boot(reason)

@@ -3,10 +3,11 @@
 The handlers live in one module per functional area (``handlers_*.py``), mixed into
 this ``ChargePoint`` subclass; each is short: it checks what only 2.0.1 can say (EVSE
 ids, its enums), asks the version-neutral part that owns the matter (sessions,
-settings, the authorizer, the profile book, load management) and turns the answer
-back into 2.0.1 words. Handlers run inside the connection's receive loop, so they never
-await a call to the CSMS: messages a call causes (NotifyReport, ReportChargingProfiles,
-triggered messages) go out afterwards through ``ctx.later`` from ``@after`` hooks.
+settings, the authorizer, the profile book, load management, remote maintenance) and
+turns the answer back into 2.0.1 words. Handlers run inside the connection's receive
+loop, so they never await a call to the CSMS: messages a call causes (NotifyReport,
+ReportChargingProfiles, triggered messages) go out afterwards through ``ctx.later``
+from ``@after`` hooks.
 
 The ``ocpp`` library validates every incoming payload against the 2.0.1 schemas first
 and answers a bad one with the matching CALLERROR before any handler runs. While the
@@ -26,12 +27,13 @@ from agent.uplink.v201.handlers_other import UnsupportedHandlers
 from agent.uplink.v201.handlers_provisioning import ProvisioningHandlers
 from agent.uplink.v201.handlers_smart import SmartChargingHandlers
 from agent.uplink.v201.handlers_tx import TransactionHandlers
+from agent.uplink.v201.maintenance import MaintenanceHandlers
 
 _ocpp_log = logging.getLogger("evsite.uplink.ocpp")
 
 
-class Station(ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers, UnsupportedHandlers,
-              ChargePoint):
+class Station(MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
+              UnsupportedHandlers, ChargePoint):
     """``ctx`` is the V201Uplink of this connection (session.py)."""
 
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
