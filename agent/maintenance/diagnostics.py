@@ -58,6 +58,9 @@ class LogRequest:
     stop: datetime | None = None
     retries: int = 0
     retry_interval: float = 0.0
+    #: the name the CSMS was told in the answer (set by ``LogUploader.check``): the
+    #: archive is built later, maybe in another second, and must carry the same name
+    file_name: str | None = None
 
 
 @dataclass
@@ -138,7 +141,7 @@ async def build_archive(dest_dir: Path, req: LogRequest, sources: Sources, now: 
             except Exception as exc:
                 members["store.json"] = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
         members["ocpp-recent.txt"] = "\n".join(sources.recent()) + "\n"
-    name = archive_name(sources.station_id, req.kind, now)
+    name = req.file_name or archive_name(sources.station_id, req.kind, now)
     dest_dir.mkdir(parents=True, exist_ok=True)
     path = dest_dir / name
     await asyncio.to_thread(_write_tar, path, name.removesuffix(".tar.gz"), members)
@@ -221,7 +224,8 @@ class LogUploader:
         if req.start and req.stop and req.start > req.stop:
             raise ValueError(f"startTime {utc_text(req.start)} is after stopTime {utc_text(req.stop)}")
         check_url(req.location, "upload location")
-        return archive_name(self.sources.station_id, req.kind, self.clock.now())
+        req.file_name = archive_name(self.sources.station_id, req.kind, self.clock.now())
+        return req.file_name
 
     def start(self, req: LogRequest) -> None:
         if self.running:
