@@ -221,6 +221,10 @@ class Harness:
         self.agent_proc: Child | None = None
         self.proxy: LinkProxy | None = None
         self._ready: ReadyListener | None = None
+        #: argv put before the CSMS's (``ip netns exec NS``, hil/netns.py) and the address it
+        #: listens on; the proxy forwards there
+        self.csms_prefix: list[str] = []
+        self.csms_host = "127.0.0.1"
 
     # -- lifecycle --
     async def start(self) -> Harness:
@@ -233,11 +237,10 @@ class Harness:
 
     async def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.csms_proc = Child("csms", [self.python, "-m", "hil.csms", "--port", "0", "--log", str(self.csms_log),
-                                        "--control", str(self.csms_socket), *self.csms_args], self.logs / "csms.log")
+        self.csms_proc = Child("csms", self._csms_argv(0), self.logs / "csms.log")
         line = await self.csms_proc.start(ready=r"^listening on wss?://")
         assert line is not None
-        self.proxy = await LinkProxy(urlsplit(line.split()[-1]).port or 0).start()
+        self.proxy = await LinkProxy(urlsplit(line.split()[-1]).port or 0, self.csms_host).start()
         self.config = derive_config(self.source, self.workdir / "site.toml", self._edit,
                                     header=f"# derived from {self.source} by hil.harness\n")
         scenario = self.scenario
@@ -250,6 +253,25 @@ class Harness:
         await self.rig_proc.start(ready=r"^evsite hil: scenario ")
         self._ready = ReadyListener(self.workdir / "notify.sock")
         await self.start_agent()
+
+    def _csms_argv(self, port: int) -> list[str]:
+        return [*self.csms_prefix, self.python, "-m", "hil.csms", "--host", self.csms_host, "--port", str(port),
+                "--log", str(self.csms_log), "--control", str(self.csms_socket), *self.csms_args]
+
+    async def stop_csms(self) -> int | None:
+        """Stop the CSMS process (SIGTERM); the proxy stays, refusing nothing but reaching no one."""
+        assert self.csms_proc is not None
+        return await self.csms_proc.stop()
+
+    async def start_csms(self, csms_args: tuple[str, ...] | None = None) -> None:
+        """Start the CSMS again on the port it had (``csms_args``, when given, replace the
+        extra arguments: another certificate...). Its log file goes on; its memory (ids
+        seen, transactionIds) starts afresh, as a real CSMS's may after a restart."""
+        assert self.csms_proc is not None and self.proxy is not None
+        if csms_args is not None:
+            self.csms_args = csms_args
+        self.csms_proc.argv = self._csms_argv(self.proxy.target[1])
+        await self.csms_proc.start(ready=r"^listening on wss?://")
 
     def _edit(self, raw: dict[str, Any], config: SiteConfig) -> None:
         assert self.proxy is not None
