@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SIZES = (10, 50) if QUICK else (10, 50, 200)

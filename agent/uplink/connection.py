@@ -21,7 +21,6 @@ redacted first, whatever handlers the process has installed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import inspect
 import logging
