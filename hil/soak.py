@@ -48,7 +48,8 @@ from hil.harness import Harness
 from hil.soak_driver import CONNECTORS, STATION, SoakDriver
 
 
-def write_site(path: Path) -> Path:
+def write_site(path: Path, station: str = STATION) -> Path:
+    """Two Phoenix EV-CC chargers (lifetime Wh registers, no watchdog) behind a grid meter."""
     chargers = "".join(f"""
         [[devices]]
         id = "c{n}"
@@ -67,7 +68,7 @@ def write_site(path: Path) -> Path:
 
         [uplink]
         url = "ws://127.0.0.1:9/ocpp"
-        station_id = "{STATION}"
+        station_id = "{station}"
         call_timeout = 3
         backoff_initial = 0.2
         backoff_max = 1

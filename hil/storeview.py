@@ -16,11 +16,13 @@ from typing import Any
 from agent.clock import SystemClock
 from agent.sessions.events import MeterSampled, TransactionEnded, TransactionStarted
 from agent.store import Store
+from agent.uplink.outbox import message_id_prefix
 
 
 @dataclass
 class StoreView:
     queued_tx: list[str] = field(default_factory=list)       # transaction messages still in the outbox
+    queued_ids: list[str] = field(default_factory=list)      # the message ids they are (or will be) sent with
     dropped_tx: list[str] = field(default_factory=list)      # transaction messages given up, with why
     open_tx: list[str] = field(default_factory=list)         # transactions never ended
     tx_messages: dict[str, dict[str, int]] = field(default_factory=dict)   # tx_id -> 1.6 messages it makes
@@ -36,9 +38,11 @@ async def read_store(path: str | os.PathLike[str], tx_ids: list[str] | None = No
     store = await Store.open(path, SystemClock(), check=False)
     view = StoreView()
     try:
+        prefix = await message_id_prefix(store)
         for row in await store.outbox_head(limit=1_000_000):
             if row.tx_id:
                 view.queued_tx.append(f"outbox {row.seq} {row.event.kind} of {row.tx_id}")
+                view.queued_ids.append(row.message_id or f"{prefix}-{row.seq}")
         for d in await store.outbox_dropped(limit=1_000_000):
             if d.tx_id:
                 view.dropped_tx.append(f"outbox {d.seq} {d.event.kind} of {d.tx_id}: {d.reason}")
