@@ -26,6 +26,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from websockets.exceptions import ConnectionClosed
+
 from agent.auth.cache import AuthCache
 from agent.auth.local_list import LocalList
 from agent.auth.store import AuthStore
@@ -35,7 +37,9 @@ from agent.clock import Clock, SystemClock
 log = logging.getLogger("evsite.auth")
 
 OnlineAuthorize = Callable[[str], Awaitable[AuthResult]]
-OFFLINE_ERRORS = (OfflineError, ConnectionError, TimeoutError, asyncio.TimeoutError)
+#: what an online Authorize may raise when the CSMS cannot answer; websockets'
+#: ConnectionClosed (a connection closing under the call) is not a ConnectionError
+OFFLINE_ERRORS = (OfflineError, ConnectionError, TimeoutError, asyncio.TimeoutError, ConnectionClosed)
 
 
 class Authorizer:

@@ -16,7 +16,6 @@ import asyncio
 
 import pytest
 
-from agent.control.client import ControlAPIError
 from hil.netfaults import CASES, CLEAN, FAST, FaultHarness, Measurement, measure, save, table
 from hil.netns import unavailable_reason
 from hil.soak import write_site
@@ -67,11 +66,6 @@ async def test_fault_is_detected_and_recovered_without_losing_a_message(case, tm
         assert m.retransmitted >= 1       # the unanswered CALL went again, under its own id
 
 
-@pytest.mark.xfail(strict=True, raises=ControlAPIError, reason="agent bug found by this suite: the 1.6 (and 2.0.1) adapter's authorize() "
-                   "lets websockets' ConnectionClosedError through when the connection is already closing (a "
-                   "half-open link after its ping timed out: the closing handshake waits out close_timeout); it "
-                   "is not an offline error for agent/auth/authorizer.OFFLINE_ERRORS, so presenting a tag then "
-                   "fails with HTTP 500 instead of being decided offline from the local list")
 async def test_a_tag_presented_while_the_connection_closes_is_decided_offline(tmp_path):
     h = FaultHarness(write_site(tmp_path / "site.toml", "AUTH-CUT"), tmp_path / "w", speed=10, uplink=FAST)
     async with h:

@@ -210,3 +210,21 @@ async def test_group_ids_of_201_count_as_parents_offline():
     await auth.local_list.send_local_list(1, "Full", [ListItem("T2", A, parent="GROUP-1")])
     result = await auth.authorize_stop("T2", started_by="T1", started_parent="group-1")
     assert result.accepted and result.group == "GROUP-1" and result.source is LIST
+
+
+async def test_a_connection_closing_under_the_authorize_call_is_decided_offline():
+    """websockets raises ConnectionClosed (not a ConnectionError) when the link closes
+    under a call; that is the CSMS not answering, decided by the offline rules."""
+    from websockets.exceptions import ConnectionClosedError
+
+    from agent.auth import AuthEntry, AuthPolicy, Authorizer, AuthStatus, MemoryAuthStore
+
+    store = MemoryAuthStore()
+    await store.list_replace(1, [AuthEntry("LISTED", AuthStatus.ACCEPTED)])
+
+    async def closing(tag):
+        raise ConnectionClosedError(None, None)
+
+    auth = Authorizer(store, online=closing, is_online=lambda: True, policy=AuthPolicy())
+    result = await auth.authorize("LISTED")
+    assert result.accepted and result.source.value == "local_list"
