@@ -11,7 +11,7 @@ from ocpp.v201 import call_result
 from ocpp.v201.enums import Action
 
 from agent.auth.types import AuthStatus, ListItem, UpdateStatus
-from agent.timefmt import parse_utc
+from agent.uplink.v201.station_fields import date_time
 
 
 class AuthHandlers:
@@ -39,7 +39,7 @@ class AuthHandlers:
             expiry = info.get("cache_expiry_date_time") if info else None
             group = (info.get("group_id_token") or {}).get("id_token") if info else None
             items.append(ListItem(entry["id_token"]["id_token"], AuthStatus(info["status"]) if info else None,
-                                  parse_utc(expiry) if expiry else None, group))
+                                  date_time(expiry, "cacheExpiryDateTime") if expiry else None, group))
         outcome = await self.ctx.authorizer.local_list.send_local_list(version_number, update_type, items)
         if outcome.status is UpdateStatus.ACCEPTED:
             return call_result.SendLocalList(status="Accepted")

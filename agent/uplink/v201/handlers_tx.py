@@ -15,8 +15,8 @@ from ocpp.v201.enums import Action
 
 from agent.charging_profiles import ProfileError
 from agent.sessions.events import MeterSampled, TransactionEnded, TransactionStarted, TransactionUpdated
-from agent.timefmt import parse_utc
 from agent.uplink.v201.profiles import ConversionError, to_book
+from agent.uplink.v201.station_fields import date_time
 
 log = logging.getLogger("evsite.uplink.v201")
 
@@ -98,7 +98,8 @@ class TransactionHandlers:
             return call_result.ReserveNow(status="Rejected", status_info=_info(
                 "NoEvse", "reservations without an EVSE are not supported (NonEvseSpecific false)"))
         group = (group_id_token or {}).get("id_token")
-        status = await self.ctx.sessions.reserve(id, evse_id, id_token["id_token"], parse_utc(expiry_date_time), group)
+        expiry = date_time(expiry_date_time, "expiryDateTime")
+        status = await self.ctx.sessions.reserve(id, evse_id, id_token["id_token"], expiry, group)
         return call_result.ReserveNow(status=status)
 
     @on(Action.cancel_reservation)

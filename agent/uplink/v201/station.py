@@ -12,6 +12,12 @@ from ``@after`` hooks.
 The ``ocpp`` library validates every incoming payload against the 2.0.1 schemas first
 and answers a bad one with the matching CALLERROR before any handler runs. While the
 CSMS has Rejected the boot, every call is answered SecurityError (B03).
+
+Two checks run before the library's, as in the 1.6 station: a frame that is not OCPP-J
+but still shows a CALL's message id is answered with a CALLERROR (the library drops it
+in silence and the CSMS would wait for its timeout), and a call carrying an integer
+beyond 32 bits (OCPP's integer; the schemas give no range) is refused with
+TypeConstraintViolation, since such an id or version cannot be stored.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ocpp.exceptions import SecurityError
+from ocpp.exceptions import OCPPError, SecurityError
+from ocpp.messages import Call, CallError, unpack
 from ocpp.v201 import ChargePoint
 
 from agent.uplink.v201.handlers_auth import AuthHandlers
@@ -28,7 +35,10 @@ from agent.uplink.v201.handlers_provisioning import ProvisioningHandlers
 from agent.uplink.v201.handlers_smart import SmartChargingHandlers
 from agent.uplink.v201.handlers_tx import TransactionHandlers
 from agent.uplink.v201.maintenance import MaintenanceHandlers
+from agent.uplink.v201.station_fields import out_of_int32
+from agent.uplink.v16.station import call_id_of   # the same frame check as 1.6
 
+log = logging.getLogger("evsite.uplink.v201")
 _ocpp_log = logging.getLogger("evsite.uplink.ocpp")
 
 
@@ -41,6 +51,23 @@ class Station(MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, Transacti
         self.ctx = ctx
         #: results of Get*Report / GetChargingProfiles computed by the handler, sent by its @after hook
         self.pending_reports: dict[int, list[Any]] = {}
+
+    async def route_message(self, raw_msg: Any) -> None:
+        try:
+            msg = unpack(raw_msg)
+        except OCPPError as err:
+            uid = call_id_of(raw_msg)
+            log.warning("frame from the CSMS is not OCPP-J (%s: %s): %.200r", err.code, err.details or err.description,
+                        raw_msg)
+            if uid is not None:
+                await self._send(CallError(uid, err.code, "not a valid OCPP-J CALL", {}).to_json())
+            return
+        if isinstance(msg, Call) and (where := out_of_int32(msg.payload)) is not None:
+            log.warning("%s from the CSMS refused: %s is outside OCPP's 32-bit integer range", msg.action, where)
+            await self._send(CallError(msg.unique_id, "TypeConstraintViolation",
+                                       f"{where} is outside the 32-bit integer range", {}).to_json())
+            return
+        await super().route_message(raw_msg)
 
     async def _handle_call(self, msg: Any) -> Any:
         if self.ctx.boot_status == "Rejected" and not self.ctx.accepted:
