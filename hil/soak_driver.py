@@ -50,6 +50,8 @@ class SoakDriver:
         self.kills = self.cuts = 0
         self.cut_until: float | None = None
         self.kill_timer: asyncio.Task[None] | None = None
+        self.killing = False
+        self.kills_on = False
         self.tags = itertools.count(1)
         self.t0 = time.monotonic()
         self.actions = open(opts.out / "actions.log", "a", encoding="utf-8")   # noqa: SIM115 (closed in run)
@@ -77,13 +79,26 @@ class SoakDriver:
             return None
 
     # -- kills --
-    def arm_kill(self, delay: float) -> None:
+    def arm_kill(self, delay: float, *, sooner: bool = False) -> None:
+        """Kill after ``delay`` unless a kill is already due; ``sooner``: this one
+        replaces a timer still waiting (a kill aimed at the command about to go out)."""
+        if sooner and self.kill_timer is not None and not self.kill_timer.done() and not self.killing:
+            self.kill_timer.cancel()
         if self.kill_timer is None or self.kill_timer.done():
             self.kill_timer = asyncio.create_task(self._kill_after(delay), name="soak kill timer")
 
+    def aim_kill(self) -> None:
+        """Now and then, a kill while the command about to go out is under way."""
+        if self.kills_on and self.rng.random() < 0.25:
+            self.arm_kill(self.rng.uniform(0.0, 0.06), sooner=True)
+
     async def _kill_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        await self.kill()
+        self.killing = True
+        try:
+            await self.kill()
+        finally:
+            self.killing = False
 
     async def kill(self) -> None:
         if not self.agent_up:
@@ -166,6 +181,7 @@ class SoakDriver:
         self.sessions.append(s)
         self.open[c].append(s)
         self.unbounded[c].append(s)
+        self.aim_kill()
         try:
             if how == "authorize":
                 ans = await self.h.authorize(c, s.tag, timeout=12)
@@ -207,6 +223,7 @@ class SoakDriver:
         except AGENT_ERRORS:
             return
         s.causes.append(Cause(how, self.now(), lo))
+        self.aim_kill()
         try:
             if how == "remote":
                 res = await self.h.csms_call("RemoteStopTransaction", {"transactionId": tx}, timeout=8)
@@ -248,7 +265,8 @@ class SoakDriver:
                 if kills and self.kills < self.opts.kills:
                     self.arm_kill(rng.uniform(0.0, 0.6) if rng.random() < 0.15 else rng.uniform(0.3, 2 * self.opts.uptime))
             return
-        if kills and self.kills < self.opts.kills:
+        self.kills_on = kills and self.kills < self.opts.kills
+        if self.kills_on:
             self.arm_kill(rng.uniform(0.3, 2 * self.opts.uptime))
         await self.site_action(agent=True)
         if rng.random() < 0.2:
