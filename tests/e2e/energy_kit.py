@@ -26,7 +26,7 @@ STATION = "E2E-ENERGY"
 #: the agent's poll interval (s): one control cycle
 POLL = 0.5
 #: the grid meter's Modbus timeout (s); no retries
-METER_TIMEOUT = 0.2
+METER_TIMEOUT = 0.3
 #: amps of measurement noise and float rounding a ground-truth comparison allows
 TOL = 0.01
 

@@ -4,7 +4,7 @@ EVs are at the failsafe current within ``limits.grid_stale_after`` plus one poll
 
 Site: 32 A fuse, base load 4 A, two EVs at 14 A; grid_stale_after 2 s, failsafe 6 A
 for all EVs together per phase (one EV at its 6 A minimum, the other paused). The meter
-answers nothing (Modbus timeout 0.2 s, no retry, on its own bus). The last good
+answers nothing (Modbus timeout 0.3 s, no retry, on its own bus). The last good
 reading is at most one cycle older than the silence, and the tick that finds it older
 than 2 s spends the meter's timeout before it writes; so the bound is the stale time
 plus one cycle, with ``TICK_WORK`` for the allocation and writes of that tick.
@@ -44,8 +44,9 @@ async def test_silent_grid_meter_brings_the_failsafe_within_the_configured_time(
         assert took <= STALE_AFTER + POLL + TICK_WORK, f"failsafe {took:.2f} s after the meter went silent: " \
                                                        f"{describe(failsafe)}"
         doubt = [s for s in trace if s["t"] < silenced_at + STALE_AFTER - POLL - 0.1]
-        assert doubt and all(max(ev_current(s)) == pytest.approx(28, abs=TOL) for s in doubt), \
-            "the EVs were cut before the meter was stale for the configured time"
+        early = [describe(s) for s in doubt if max(ev_current(s)) != pytest.approx(28, abs=TOL)]
+        assert doubt and early == [], "the EVs were cut before the meter was stale for the configured time:\n" + \
+            "\n".join(early[:5])
 
         status = await h.agent_status()
         notes = status["energy"]["notes"]
