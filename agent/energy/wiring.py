@@ -132,5 +132,5 @@ def add_gpio_test_route(control: Any) -> None:
     control.add_route("POST", "/test/gpio", handler)
 
 
-__all__ = ["add_gpio_test_route", "build", "composite", "datetime", "energy_shape", "follow_sessions", "policy_with_fixed_caps",
-           "start_dim_input", "validate_profile"]
+__all__ = ["add_gpio_test_route", "build", "composite", "datetime", "energy_shape", "follow_sessions",
+           "policy_with_fixed_caps", "start_dim_input", "validate_profile"]
