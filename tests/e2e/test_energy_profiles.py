@@ -85,9 +85,6 @@ async def test_set_charging_profile_applies_within_a_cycle_and_the_composite_sch
         assert next(p for p in energy["phases"] if p["phase"] == "L1")["binding"] == "csms", energy["lines"]
 
 
-@pytest.mark.xfail(strict=True, reason="the 1.6 adapter (agent/uplink/v16/station.py on_set_charging_profile) does not "
-                   "fill a missing startSchedule with with_start(profile, received_at) as the 2.0.1 one does, so the "
-                   "energy validator refuses the profile; remove this mark once it does")
 async def test_an_absolute_profile_without_start_schedule_starts_when_received(tmp_path):
     """OCPP 1.6 makes startSchedule optional; agent/energy/profile_shape.py says adapters
     fill it in with the time received."""

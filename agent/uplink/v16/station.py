@@ -27,6 +27,7 @@ from ocpp.v16.enums import Action
 
 from agent.auth.types import AuthStatus, ListItem
 from agent.charging_profiles import ProfileError
+from agent.energy.profile_shape import with_start
 from agent.timefmt import parse_utc, utc_text
 from agent.uplink.v16.maintenance import MaintenanceHandlers
 
@@ -177,7 +178,9 @@ class Station(MaintenanceHandlers, ChargePoint):
     # ---- smart charging ------------------------------------------------------------------------
     @on(Action.set_charging_profile)
     async def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict) -> Any:
-        profile = snake_to_camel_case(cs_charging_profiles)
+        # an Absolute profile without startSchedule starts when received (1.6 3.13.1); kept
+        # with that time so it means the same after a restart
+        profile = with_start(snake_to_camel_case(cs_charging_profiles), self.ctx.clock.now())
         sessions = self.ctx.sessions
         if connector_id != 0 and connector_id not in sessions.connectors:
             return call_result.SetChargingProfile(status="Rejected")
