@@ -4,11 +4,11 @@ every message of a session that ran during it.
 The cases and their measurement are hil/netfaults.py's (the same as
 tests/e2e/test_network_faults.py): connection drop, half-open (proxy black hole; 100 %
 loss on a veth pair into a network namespace), 2 s latency, 20 % loss, CSMS restart, a
-CSMS that answers nothing, TLS handshake failure. evsite: seconds from the end of the
-fault to the session's StopTransaction at the CSMS. Floor: the same session on a clean
-link, measured in the same run, from the unplug to its StopTransaction at the CSMS.
-The note of each figure has the detect and reconnect times, messages lost (must be 0),
-retransmitted and duplicated. The namespace cases need root; elsewhere they are left
+CSMS that answers nothing, TLS handshake failure. evsite: seconds from the session's end
+(the unplug, during the fault) until its StopTransaction, its last message, is at the
+CSMS. Floor: the same session on a clean link, measured in the same run. The note of
+each figure has the detect, reconnect and delivered-after-the-fault times, messages lost
+(must be 0), retransmitted and duplicated. The namespace cases need root; elsewhere they are left
 out with a note on stderr.
 """
 

@@ -25,13 +25,15 @@ The rules, and why each bound is honest:
   EVs draw nothing before their transaction starts, so the two are equal and the check
   is exact unless energy flowed without a transaction.
 - **meterStop** lies in [lo, hi] (1 Wh tolerance: the agent rounds to whole Wh). ``lo``
-  is the register at the stop's first cause: read right after an unplug (the register is
-  frozen from then on, so an EVDisconnected stop is exact); read before a remote or
-  local stop once the agent's own reading had reached it; read right before a kill -9. A
-  killed agent cannot read the register at the kill: its PowerLoss stop after the
-  restart carries the register at its first reading after the restart, so ``lo`` is the
-  register before the kill and ``hi`` the register once the EV was unplugged (or once a
-  stop was confirmed), the EV having charged on meanwhile. The reason must fit a cause:
+  is the register at the stop's first cause (the smallest of its causes' readings): read
+  right after an unplug (the register is frozen from then on, so an EVDisconnected stop
+  is exact); read before a remote or local stop once the agent's own reading had
+  reached it; read right before a kill -9. ``hi`` is the register once the stop surely
+  happened: read after a confirmed stop, or after the EV was unplugged. A killed agent
+  cannot read the register at the kill: its PowerLoss stop after the restart carries the
+  register at its first reading after the restart, so for it ``lo`` is the register
+  before the kill and ``hi`` the register at the unplug, the EV having charged on
+  meanwhile (the charger keeps its last setpoint). The reason must fit a cause:
   EVDisconnected (unplug), Remote, Local, or PowerLoss when a kill happened while the
   transaction could be open.
 - **MeterValues** of a transaction come between its start and stop, never decrease, and
@@ -199,7 +201,7 @@ def check(sessions: list[SessionTruth], messages: list[dict[str, Any]], station:
         if not s.causes or s.stop_hi is None:
             p.append(f"{s.tag}: stopped ({reason}) though the driver never ended it")
         else:
-            lo, hi = s.causes[0].lo, s.stop_hi
+            lo, hi = min(c.lo for c in s.causes), s.stop_hi     # (a kill's lo is read just before its signal)
             if not lo - TOLERANCE_WH <= meter_stop <= hi + TOLERANCE_WH:
                 p.append(f"{s.tag}: meterStop {meter_stop:g} Wh ({reason}) outside the register's [{lo:g}, {hi:g}]")
             widest = max(widest, hi - lo)
