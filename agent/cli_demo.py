@@ -192,6 +192,10 @@ class Demo:
 
         self.site = derive_config(self.path, site_file, edit, header=f"# written by evsite demo from {self.path}; "
                                                                      f"edit that file, not this one\n")
+        if "csms" in self.children:
+            # a fresh test CSMS and freshly emulated registers: a store from an earlier demo
+            # would only replay that run's transactions at a CSMS that never saw them
+            self._fresh_store(Path(self.site.store_path))
         rig = self.children["rig"] = Child("rig", [
             py, "-m", "agent.cli", "hil", str(self.scenario), "--config", str(site_file), "--speed",
             repr(self.args.speed), "--summary", "0", "--control", str(self.workdir / "rig.sock")], logs / "rig.log")
@@ -207,6 +211,14 @@ class Demo:
               flush=True)
         if "csms" in self.children:
             self._spawn(self._csms_settings(), "csms settings")
+
+    @staticmethod
+    def _fresh_store(path: Path) -> None:
+        gone = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+        for p in gone:
+            p.unlink()
+        if gone:
+            print(f"evsite demo: starting from an empty store ({path} of an earlier demo removed)", flush=True)
 
     async def _stop(self) -> dict[str, int | None]:
         for t in list(self._tasks):
