@@ -5,7 +5,8 @@ the CSMS against the rig's registers (rules: hil/soak_check.py).
 Quick: 20 kills in ``./dev test``. Long (``./dev test -m long``): 1,000 kills, then ten
 minutes of the same workload without kills in one agent process whose RSS may not grow
 beyond the bound of hil/rss.py. The seed is random unless ``EVSITE_SOAK_SEED`` is set;
-it is printed, and a failure names the directory with every log and the command that
+it is printed, and a failing run is copied to ``run/soak/failed-seed-<seed>/`` (every
+process log, the CSMS's message log, the driver's actions) and names the command that
 replays it.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,15 @@ from tests.e2e.conftest import schema_violations
 
 pytestmark = pytest.mark.e2e
 
+KEEP = Path(__file__).resolve().parents[2] / "run" / "soak"
+
+
+def keep(opts: SoakOptions) -> Path:
+    kept = KEEP / f"failed-seed-{opts.seed}"
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.copytree(opts.out, kept, ignore=shutil.ignore_patterns("*.sock"))
+    return kept
+
 
 def seed() -> int:
     return int(os.environ.get("EVSITE_SOAK_SEED") or random.SystemRandom().randrange(1, 10**6))
@@ -30,9 +42,14 @@ def seed() -> int:
 async def soak(tmp_path, **kw) -> dict:
     opts = SoakOptions(seed=seed(), out=tmp_path / "soak", **kw)
     print(f"\nkill soak: seed {opts.seed}, {opts.kills} kills, logs in {opts.out}")
-    result = await run_soak(opts)
+    try:
+        result = await run_soak(opts)
+    except Exception:
+        print(f"soak crashed; logs kept in {keep(opts)}; replay: {opts.replay()}")
+        raise
     print(summary(result))
-    assert result["ok"], summary(result)
+    if not result["ok"]:
+        pytest.fail(f"{summary(result)}\nkept in {keep(opts)}")
     assert schema_violations(read_messages(opts.out / "csms.jsonl")) == []
     return result
 
