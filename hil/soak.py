@@ -27,8 +27,9 @@ RSS growth in that one process beyond the rule in hil/rss.py fails the run.
 Everything stays in ``--out``: the process logs (logs/), the CSMS's message log
 (csms.jsonl), the driver's actions (actions.log), the sessions (sessions.json) and the
 verdict (result.json). The seed is printed first; the same seed gives the same random
-decisions (replay: the command printed at the end); timing between processes is not
-replayed, so a race may need a few runs of the same seed to show again.
+decisions (replay: the command printed at the end, into run/soak/seed-SEED, an earlier
+soak's directory there being replaced); timing between processes is not replayed, so a
+race may need a few runs of the same seed to show again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import sys
 import textwrap
 import time
@@ -106,12 +108,27 @@ class SoakOptions:
     warmup: float = 60.0           # seconds of the steady process left out of the RSS verdict
 
     def replay(self) -> str:
+        """The command that runs this soak again (into run/soak/seed-SEED, not over these logs)."""
         return (f"python -m hil.soak --kills {self.kills} --seed {self.seed} --speed {self.speed:g} "
-                f"--steady {self.steady:g} --out {self.out}")
+                f"--steady {self.steady:g} --uptime {self.uptime:g}")
+
+
+class OutDirError(ValueError):
+    """--out names a directory a soak must not write into."""
+
+
+def fresh_dir(out: Path) -> None:
+    """A run needs an empty directory (the CSMS log and the actions are appended to):
+    an earlier soak's directory is replaced, anything else is refused."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / "site-source.toml").exists():
+            raise OutDirError(f"{out} is not empty and holds no earlier soak: choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 async def run_soak(opts: SoakOptions) -> dict[str, Any]:
-    opts.out.mkdir(parents=True, exist_ok=True)
+    fresh_dir(opts.out)
     source = write_site(opts.out / "site-source.toml")
     started = time.monotonic()
     async with Harness(source, opts.out, speed=opts.speed) as h:
@@ -157,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: seed {seed}, {args.kills} kills, logs in {out}", flush=True)
     opts = SoakOptions(kills=args.kills, seed=seed, out=out, speed=args.speed, steady=args.steady,
                        uptime=args.uptime, warmup=min(60.0, args.steady / 4))
-    result = asyncio.run(run_soak(opts))
+    try:
+        result = asyncio.run(run_soak(opts))
+    except OutDirError as exc:
+        print(f"hil.soak: {exc}", file=sys.stderr)
+        return 2
     print(summary(result))
     return 0 if result["ok"] else 1
 
