@@ -17,6 +17,10 @@ simple, but honest about the behaviours the controller depends on:
   chargers behind it. Voltage sags a little with the phase current (a source
   impedance), power is V * I per phase (unity power factor), energy integrates power.
 
+Faults a test can inject: ``ChargerModel.reboot`` (a power cycle: the charger forgets
+everything the controller wrote) and ``ChargerModel.ignore_setpoint`` (broken firmware
+offers a fixed current whatever it is told).
+
 Integration is explicit Euler over steps of at most ``MAX_STEP`` seconds: energy for a
 step uses the currents that held during it, then EV states and draws are updated for
 the new time. A step never puts more energy into a battery than it has room for.
@@ -164,6 +168,11 @@ class ChargerModel:
         self._offer_since: float | None = None
         self._site: SiteModel | None = None
         self.writes = 0
+        #: fault injection: a broken charger offers this many amps whatever it is told
+        #: (``None``: it obeys its setpoint)
+        self.disobey: float | None = None
+        #: what the controller-side settings are after a power cycle
+        self._power_on = (self.setpoint, self.enabled, self.phases, self.failsafe_current, failsafe_timeout, watchdog)
 
     # -- controller side -----------------------------------------------------------------
     def contact(self, now: float) -> None:
@@ -204,6 +213,21 @@ class ChargerModel:
             self.watchdog = True
         self.contact(now)
 
+    def reboot(self, now: float) -> None:
+        """A power cycle: everything the controller wrote is forgotten (setpoint, enable,
+        phases, failsafe settings back to their power-on values); the EV stays plugged."""
+        (self.setpoint, self.enabled, self.phases, self.failsafe_current, self.failsafe_timeout,
+         self.watchdog) = self._power_on
+        self.last_contact = max(self.last_contact, now)   # the watchdog starts over at boot
+        self._offer_since = None
+        self._changed(now)
+
+    def ignore_setpoint(self, amps: float | None, now: float) -> None:
+        """Fault injection: from now on offer ``amps`` (up to the hardware max) whatever
+        the controller writes, as a charger with broken firmware does; None obeys again."""
+        self.disobey = None if amps is None else float(amps)
+        self._changed(now)
+
     def silent(self, now: float | None = None) -> bool:
         """True while the watchdog holds the charger at its failsafe current."""
         now = self.now if now is None else now
@@ -212,6 +236,8 @@ class ChargerModel:
 
     def offered(self, now: float | None = None) -> float:
         """The current the charger offers the EV per phase (0 = paused)."""
+        if self.disobey is not None:
+            return min(self.disobey, self.max_current)
         if not self.enabled:
             return 0.0
         target = self.failsafe_current if self.silent(now) else self.setpoint

@@ -87,6 +87,9 @@ class Connector:
     reading: ChargerReading | None = None
     stale: bool = True
     energy_wh: float | None = None
+    #: added to the register since it went backwards during the running transaction
+    #: (device replaced or reset): the transaction's energy never decreases
+    energy_offset: float = 0.0
     sample: tuple[SampledValue, ...] = field(default_factory=tuple)
 
     # -- rules --
@@ -118,6 +121,30 @@ class Connector:
         if self.reservation is not None:
             return StatusView(ConnectorStatus.RESERVED)
         return StatusView(ConnectorStatus.AVAILABLE)
+
+    def count_energy(self, register: float, session_register: bool = False) -> str | None:
+        """Take a fresh reading of the energy register; returns what is wrong with it, if
+        anything. A register that went backwards during a transaction was replaced or
+        reset: the transaction counts on from its last value (``energy_offset``), so its
+        energy never decreases. Outside one, only a lifetime register going backwards is
+        news (a session register starts at 0 with every session)."""
+        problem = None
+        if self.energy_wh is not None and register + self.energy_offset < self.energy_wh - 1:
+            problem = (f"energy register went backwards ({self.energy_wh:.0f} -> {register:.0f} Wh): "
+                       f"device replaced or reset?")
+            if self.tx is not None:
+                problem += f" transaction {self.tx.tx_id} counts on from {self.energy_wh:.0f} Wh"
+                self.energy_offset = self.energy_wh - register
+            elif session_register:
+                problem = None
+        self.energy_wh = register + self.energy_offset
+        return problem
+
+    def end_energy_offset(self) -> None:
+        """The transaction counting across a register reset ended: the register's own values again."""
+        if self.energy_offset and self.energy_wh is not None:
+            self.energy_wh -= self.energy_offset
+        self.energy_offset = 0.0
 
     def may_draw(self) -> bool:
         """Energy flows only inside an authorized, running transaction."""

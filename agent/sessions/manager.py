@@ -36,7 +36,7 @@ from agent.sessions.events import (
 )
 from agent.site.state import SiteState
 from agent.timefmt import parse_utc
-from drivers.contract import ChargerReading, Setpoint
+from drivers.contract import ChargerReading, EnergyScope, Setpoint
 
 log = logging.getLogger("evsite.sessions")
 
@@ -152,11 +152,10 @@ class SessionManager(SessionCommands):
         energy = energy_of(meter_health)
         if energy is not None and not math.isfinite(energy):
             energy = None
-        if energy is not None and c.energy_wh is not None and energy < c.energy_wh - 1:
-            log.warning("connector %d: energy register went backwards (%.0f -> %.0f Wh): device replaced or reset?",
-                        c.connector_id, c.energy_wh, energy)
-        if energy is not None and not (meter_health and meter_health.stale):
-            c.energy_wh = energy
+        fresh = energy is not None and not (meter_health and meter_health.stale)
+        session_register = reading is not None and not c.meter_id and reading.energy_scope is EnergyScope.SESSION
+        if fresh and (problem := c.count_energy(energy, session_register)):  # type: ignore[arg-type]
+            log.warning("connector %d: %s", c.connector_id, problem)
         events: list[Event] = []
         offline = not self.link_online
 
@@ -300,6 +299,7 @@ class SessionManager(SessionCommands):
         c.tx = None
         c.finishing = bool(c.plugged)
         stop = _wh(c.energy_wh) if c.energy_wh is not None else tx.meter_start_wh
+        c.end_energy_offset()
         if c.inoperative_pending:
             c.operative, c.inoperative_pending = False, False
             self._spawn(self._save_availability(), "availability")

@@ -8,8 +8,10 @@ immutable ``SiteState`` to its consumers in order, then writes the chargers' set
 Choices that matter on a real site:
 
 - Ticks are scheduled by deadline (start + n * interval), so the loop does not drift by
-  the time each tick takes; a tick that overruns skips the deadlines it missed, with one
-  log line, instead of bursting reads at a bus that is already slow.
+  the time each tick takes; a tick that overruns skips the deadlines it missed instead of
+  bursting reads at a bus that is already slow. The first overrun is logged, and the
+  return to on-time ticks (with how many were skipped): a device that keeps timing out
+  makes every tick overrun, and that is one episode, not a line per tick.
 - A failed read keeps the last good reading (never zeros); the device goes stale after
   ``stale_after`` consecutive failures, which is logged once, and its recovery once.
 - A setpoint is written only when it changed, when the last write failed, or when the
@@ -105,6 +107,9 @@ class Poller:
         self.tick_count = 0  # ticks started
         self.ticks_completed = 0
         self.ticks_skipped = 0
+        #: overrunning ticks in a row (0: on time), and the ticks they skipped
+        self._overruns = 0
+        self._overrun_skipped = 0
         self._tick_waiters: list[tuple[int, asyncio.Future[None]]] = []
         #: monotonic time the last complete tick finished; None before the first
         self.last_progress: float | None = None
@@ -280,10 +285,18 @@ class Poller:
                 missed = int((now - next_at) // self.interval) + 1
                 next_at += missed * self.interval
                 self.ticks_skipped += missed
-                log.warning(
-                    "poll tick %d took %.2f s (interval %.2f s): skipped %d tick(s)",
-                    self.tick_count, now - started, self.interval, missed,
-                )
+                if not self._overruns:
+                    log.warning(
+                        "poll tick %d took %.2f s (interval %.2f s): skipped %d tick(s)",
+                        self.tick_count, now - started, self.interval, missed,
+                    )
+                self._overruns += 1
+                self._overrun_skipped += missed
+            elif self._overruns:
+                if self._overruns > 1:
+                    log.info("poll ticks on time again after %d slow ticks (%d ticks skipped)",
+                             self._overruns, self._overrun_skipped)
+                self._overruns = self._overrun_skipped = 0
             await _sleep_or_stop(self.clock, next_at - now, stop)
 
 

@@ -17,6 +17,11 @@ Safety choices, in one place:
 - Keep-alive writes (a life bit, or rewriting the setpoint before its validity runs out)
   run in a task the driver owns and stops in ``close()``; their failures are logged at
   debug level only, since the poll loop already reports an unreachable device.
+- A charger can also reboot between two polls, never missing one: where its profile
+  reads the current it applies, one that applies something else than written has
+  forgotten it, and the init writes and the setpoint are done again (``applied.py``).
+- A value that decodes but cannot be real (a uint32 of all ones read as 4294967 A)
+  fails the reading like NaN does, naming the quantity (``plausible.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from drivers.codec import NoValue, decode, encode, encode_int
 from drivers.contract import (
     NONE3, ChargerReading, CpState, DeviceError, DeviceTimeout, EnergyScope, Measurement, Setpoint,
 )
+from drivers.modbus import plausible
+from drivers.modbus.applied import AppliedWatch
 from drivers.modbus.blocks import Item, plan
 from drivers.modbus.bus import Bus
 from drivers.profile import Profile, ReadSpec, WriteSpec
@@ -175,6 +182,7 @@ class ModbusDevice:
                 out[q] = None
             except DeviceError as exc:
                 raise DeviceError(f"{self.name}: {exc}") from None
+            plausible.check(self.name, self.profile.kind, q, out[q])
         return out
 
     # -- writing --------------------------------------------------------------------------------
@@ -250,6 +258,7 @@ class ModbusCharger(ModbusDevice):
         self._setpoint: Setpoint | None = None
         self._phases_written: int | None = None
         self._enable_written: bool | None = None
+        self._applied = AppliedWatch(name, clock)
 
     def _failsafe_timeout(self) -> float:
         return self.failsafe_timeout if self.failsafe_timeout is not None else 60.0
@@ -280,7 +289,7 @@ class ModbusCharger(ModbusDevice):
         fault = v.get("fault")
         rfid = v.get("rfid")
         phases = v.get("phases")
-        return ChargerReading(
+        reading = ChargerReading(
             timestamp=self.clock.now(), monotonic=self.clock.monotonic(), state=state,
             current=_triple(v, "current"), voltage=_triple(v, "voltage"), power_total=power_total,
             energy_wh=energy, energy_scope=scope,
@@ -289,6 +298,21 @@ class ModbusCharger(ModbusDevice):
             rfid=str(rfid) if rfid else None,
             phases=int(phases) if phases in (1, 3) else None,
         )
+        if self._applied.check(self._expected_applied(), reading.applied_current):
+            self._needs_init = True       # the next read does the init writes and restores the setpoint
+        return reading
+
+    def _expected_applied(self) -> float | None:
+        """The current the charger should say it applies after the last setpoint write;
+        None when that cannot be known (nothing written, or paused by the enable register)."""
+        sp = self._setpoint
+        if sp is None or "applied_current" not in self.profile.reads:
+            return None
+        cur = self.profile.writes["current"]
+        amps = min(sp.amps, self.max_current)
+        if sp.enabled and amps >= self.min_current:
+            return self._floor_current(cur, amps)
+        return 0.0 if cur.below_min != "disable" else None
 
     def _state(self, v: dict[str, Any]) -> CpState:
         raw = v.get("state")
@@ -320,6 +344,7 @@ class ModbusCharger(ModbusDevice):
         return steps * spec.scale + spec.offset
 
     async def _write_setpoint(self, sp: Setpoint) -> None:
+        self._applied.written()
         writes = self.profile.writes
         cur = writes["current"]
         amps = min(sp.amps, self.max_current)

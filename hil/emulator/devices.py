@@ -88,6 +88,13 @@ class EmulatedCharger(_Emulated):
         self._set("fault", 0)
         self._set("temperature", AMBIENT_C + WARMING_C_PER_A * max(m.currents))
 
+    def reboot(self) -> None:
+        """A power cycle between two polls: the model forgets what the controller wrote,
+        and registers that read back a write show the power-on values again."""
+        self.model.reboot(self.clock.monotonic())
+        self.publish(initial=True)
+        self._changed()
+
     def _on_write(self, quantity: str, value: Any) -> None:
         now = self.clock.monotonic()
         m = self.model
