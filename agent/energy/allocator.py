@@ -186,9 +186,10 @@ def _allocate_once(
     for c in inputs:
         mem = st.connectors[c.connector_id]
         phases = mem.phases or c.phases
-        if c.stale:
+        if c.stale or c.ignores_setpoint:
             amps = c.counted_amps
-            why = (f"stale: counted at its failsafe {fmt_amps(amps)} A" if c.failsafe_current is not None
+            why = (f"ignores its setpoint: counted at {fmt_amps(amps)} A" if not c.stale
+                   else f"stale: counted at its failsafe {fmt_amps(amps)} A" if c.failsafe_current is not None
                    else f"stale: counted at its max {fmt_amps(amps)} A (no failsafe register)")
             phases = c.setpoint.phases if c.setpoint is not None and c.setpoint.phases <= len(c.wiring) else len(c.wiring)
             a = Allocation(c.connector_id, amps, phases, amps > 0, why, footprint=c.wiring)

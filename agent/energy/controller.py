@@ -8,6 +8,11 @@ It also takes the outside commands that change limits (CSMS charging profiles, t
 grid operator's dim contact, transactions for TxProfiles) and logs each with its time,
 source and effect. The binding limit is logged when it changes, not every poll.
 
+It also notices a charger that ignores its setpoint: one measured more than
+``OVERDRAW_MARGIN`` above it for longer than ``Policy.lower_timeout`` (the time an EV
+gets to follow a lower) is no longer steered but counted at the most it can draw, so
+the other chargers make room; logged once, and once when it follows its setpoint again.
+
 No IO here apart from reading device profile files once at construction (to know which
 chargers have a failsafe register and can switch phases).
 """
@@ -43,6 +48,9 @@ from drivers.contract import ChargerReading, Measurement, Setpoint
 log = logging.getLogger("evsite.energy")
 
 ProfilesSource = Callable[[], Iterable[Mapping[str, Any]]]
+
+#: amps a charger may draw above its setpoint (meter noise) before it counts as ignoring it
+OVERDRAW_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,9 @@ class EnergyController:
         self._binding: Any = None
         #: the sessions' verdict per connector (an authorized transaction runs); None = all may
         self.may_draw: Callable[[int], bool] | None = None
+        #: connectors drawing well above their setpoint: since when, and those past lower_timeout
+        self._over_since: dict[int, float] = {}
+        self.ignoring: set[int] = set()
 
     # ---------------------------------------------------------------- commands in
     def set_profiles(self, profiles: Iterable[Mapping[str, Any]]) -> None:
@@ -211,7 +222,31 @@ class EnergyController:
             max_current=spec.max_current, priority=spec.priority, can_switch_phases=spec.can_switch_phases,
             setpoint=sp, stale=stale, failsafe_current=spec.failsafe_current, circuit=spec.circuit,
             allowed=self.may_draw is None or self.may_draw(spec.connector_id),
+            ignores_setpoint=self._ignores_setpoint(spec, measured, sp, stale, state.monotonic),
         )
+
+    def _ignores_setpoint(self, spec: ChargerSpec, measured: tuple[float, float, float] | None,
+                          sp: Setpoint | None, stale: bool, now: float) -> bool:
+        cid = spec.connector_id
+        if stale or measured is None or sp is None:
+            self._over_since.pop(cid, None)
+            return False                     # a stale charger is counted as such meanwhile
+        allowed = sp.amps if sp.enabled else 0.0
+        draw = max(measured[p] for p in spec.wiring)
+        if draw <= allowed + OVERDRAW_MARGIN:
+            self._over_since.pop(cid, None)
+            if cid in self.ignoring:
+                self.ignoring.discard(cid)
+                log.info("connector %d (%s) follows its setpoint again: draws %.1f A, setpoint %.1f A",
+                         cid, spec.device_id, draw, allowed)
+            return False
+        since = self._over_since.setdefault(cid, now)
+        if cid not in self.ignoring and now - since >= self.tuning.lower_timeout:
+            self.ignoring.add(cid)
+            log.warning("connector %d (%s) draws %.1f A with its setpoint at %.1f A for %.0f s: it ignores its "
+                        "setpoint; counted at up to %.1f A until it follows it again", cid, spec.device_id, draw,
+                        allowed, now - since, max(spec.max_current, draw))
+        return cid in self.ignoring
 
     def _grid(self, state: SiteState) -> GridReading | None:
         g = self.config.grid_meter()

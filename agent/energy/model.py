@@ -80,6 +80,10 @@ class ConnectorInput:
     circuit: str = SITE
     #: sessions allow it to charge (authorized, operative); False = 0 A, disabled
     allowed: bool = True
+    #: it answers, but draws well above its setpoint for longer than an EV takes to follow
+    #: one (broken firmware): like a stale charger it is not steered, it is counted at
+    #: the most it can draw
+    ignores_setpoint: bool = False
 
     def __post_init__(self) -> None:
         where = f"connector {self.connector_id}"
@@ -112,7 +116,10 @@ class ConnectorInput:
 
     @property
     def counted_amps(self) -> float:
-        """What a stale charger is assumed to draw: its failsafe current, else its max."""
+        """What a stale charger is assumed to draw: its failsafe current, else its max;
+        one that ignores its setpoint: its max (or more, if it is measured above it)."""
+        if self.ignores_setpoint and not self.stale:
+            return max(self.max_current, *(self.measured or (0.0,)))
         return self.max_current if self.failsafe_current is None else self.failsafe_current
 
     def footprint(self, phases: int) -> tuple[int, ...]:

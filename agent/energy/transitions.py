@@ -16,7 +16,8 @@ has slowed down. So, per poll:
   smaller than it while the old value still fits; a charger is raised at most once per
   ``min_interval`` (counted from its last change either way).
 - A charger that stopped answering is counted at the larger of its last setpoint and
-  its failsafe/max until it answers: it may not have reached its failsafe yet.
+  its failsafe/max until it answers: it may not have reached its failsafe yet. One that
+  ignores its setpoint keeps it too, counted at what it may draw.
 - A charger whose setpoint was never written is counted at its max on every wired
   phase until measured (it may still run on what a previous process told it).
 - A charger is never counted below what it is measured drawing: "follows its
@@ -141,7 +142,7 @@ def plan_transition(
             old = _vmax(old, st.pending[cid].high)
         new = a.load()
         target = a.setpoint()
-        if c.stale:
+        if c.stale or c.ignores_setpoint:
             out[cid] = old_sp if old_sp is not None else target
             counted[cid] = _vmax(old, new)
         elif old_sp == target:
