@@ -208,12 +208,15 @@ class RtuServerHandle(_Handle):
         loop.add_reader(self._m_cli, self._pump, self._m_cli, self._m_srv)
         loop.add_reader(self._m_srv, self._pump, self._m_srv, self._m_cli)
         self._pumping = True
+        #: the RS-485 line is cut (a broken cable, a dead adapter): bytes are lost both ways
+        self.line_cut = False
 
-    @staticmethod
-    def _pump(src: int, dst: int) -> None:
+    def _pump(self, src: int, dst: int) -> None:
         try:
             data = os.read(src, 4096)
         except (BlockingIOError, OSError):
+            return
+        if self.line_cut:
             return
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(dst, data)
