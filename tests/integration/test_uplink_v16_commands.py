@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 from datetime import datetime, timedelta, timezone
 
 from agent.timefmt import utc_text
@@ -166,3 +168,13 @@ async def test_a_card_of_the_same_parent_stops_the_session_another_does_not(tmp_
         assert (await rt.sessions.present_tag(1, "KID")).accepted
         stop = await csms.wait_for("StopTransaction", station=STATION)
         assert stop.payload["reason"] == "Local" and stop.payload["idTag"] == "KID"
+
+
+async def test_a_date_that_is_not_a_date_gets_a_callerror_naming_the_field(tmp_path):
+    from hil.csms.server import CallErrorReply
+    async with site(tmp_path) as (rt, rig, csms):
+        with pytest.raises(CallErrorReply) as err:
+            await csms.call(STATION, "ReserveNow", {"connectorId": 1, "expiryDate": "next tuesday", "idTag": "T",
+                                                     "reservationId": 3})
+        assert err.value.code == "PropertyConstraintViolation" and "expiryDate" in err.value.description
+        assert await rt.store.reservations_all() == []

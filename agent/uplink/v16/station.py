@@ -28,7 +28,9 @@ from ocpp.v16.enums import Action
 from agent.auth.types import AuthStatus, ListItem
 from agent.charging_profiles import ProfileError
 from agent.energy.profile_shape import with_start
-from agent.timefmt import parse_utc, utc_text
+from agent.timefmt import utc_text
+# the date-time check both versions need (jsonschema ignores format: date-time)
+from agent.uplink.v201.station_fields import date_time
 from agent.uplink.v16.maintenance import MaintenanceHandlers
 
 log = logging.getLogger("evsite.uplink.v16")
@@ -155,7 +157,7 @@ class Station(MaintenanceHandlers, ChargePoint):
             items.append(ListItem(
                 entry["id_tag"],
                 AuthStatus(info["status"]) if info else None,
-                parse_utc(info["expiry_date"]) if info and info.get("expiry_date") else None,
+                date_time(info.get("expiry_date"), "idTagInfo.expiryDate") if info else None,
                 info.get("parent_id_tag") if info else None,
             ))
         outcome = await self.ctx.authorizer.local_list.send_local_list(list_version, update_type, items)
@@ -167,7 +169,8 @@ class Station(MaintenanceHandlers, ChargePoint):
                              parent_id_tag: str | None = None) -> Any:
         if connector_id == 0 and not self.ctx.settings["ReserveConnectorZeroSupported"]:
             return call_result.ReserveNow(status="Rejected")
-        status = await self.ctx.sessions.reserve(reservation_id, connector_id, id_tag, parse_utc(expiry_date), parent_id_tag)
+        expiry = date_time(expiry_date, "expiryDate")
+        status = await self.ctx.sessions.reserve(reservation_id, connector_id, id_tag, expiry, parent_id_tag)
         return call_result.ReserveNow(status=status)
 
     @on(Action.cancel_reservation)
