@@ -339,6 +339,10 @@ class UplinkConnection:
                 if exc is None:
                     await ws.close(1000, "session ended")
                     reason = "the OCPP session ended"
+                elif (unresponsive := _find(exc, CsmsUnresponsive)) is not None:
+                    log.warning("%s: closing the connection to start afresh", unresponsive)
+                    await ws.close(1011, "no answers")
+                    reason = str(unresponsive)
                 elif not _only_closed(exc):
                     log.error("OCPP session failed; closing the connection", exc_info=exc)
                     await ws.close(1011, "station internal error")
@@ -406,6 +410,22 @@ async def _discard(link: Link) -> None:
     """The session when none is given: keep reading so pings and closes are processed."""
     async for message in link.ws:
         log.debug("no OCPP adapter attached; dropped a %d-character message", len(message))
+
+
+class CsmsUnresponsive(ConnectionError):
+    """Raised by an adapter when the CSMS stopped answering CALLs on a socket that is
+    still up: the connection is closed and made again (a fresh TCP connection, maybe
+    another CSMS node), rather than the same message sent on it forever."""
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            if (hit := _find(e, kind)) is not None:
+                return hit
+    return None
 
 
 def _only_closed(exc: BaseException) -> bool:

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 from ocpp.exceptions import OCPPError
 
+from agent.uplink.connection import CsmsUnresponsive
+
 log = logging.getLogger("evsite.uplink.outbox")
 
 
@@ -108,10 +110,13 @@ async def message_id_prefix(store: Any) -> str:
 
 
 async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Awaitable[None]],
-                  timeout_pause: float = 5.0, stats: DeliveryStats | None = None) -> None:
-    """Run until cancelled (the connection ended): drain the outbox, then wait for more."""
+                  timeout_pause: float = 5.0, stats: DeliveryStats | None = None, give_up_after: int = 3) -> None:
+    """Run until cancelled (the connection ended): drain the outbox, then wait for more.
+    ``give_up_after`` CALLs in a row without an answer end the connection
+    (CsmsUnresponsive): the next one starts afresh and sends the message again."""
     stats = stats or DeliveryStats()
     prefix = await message_id_prefix(store)
+    silent = 0
     while True:
         store.outbox_changed.clear()
         rows = await store.outbox_head(limit=1)
@@ -136,10 +141,14 @@ async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Aw
             result = await delivery.send(payload, message_id)
         except (TimeoutError, asyncio.TimeoutError):
             stats.retried_timeouts += 1
+            silent += 1
+            if silent >= give_up_after:
+                raise CsmsUnresponsive(f"the CSMS answered none of the last {silent} CALLs") from None
             log.warning("outbox %d (%s): no answer in time; sending it again with the same id", row.seq, row.event.kind)
             await sleep(timeout_pause)
             continue
         except OCPPError as err:
+            silent = 0
             stats.refused += 1
             attempts = await store.outbox_failed_attempt(row.seq, f"{type(err).__name__}: {err}")
             policy = delivery.retry_policy(row)
@@ -154,6 +163,7 @@ async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Aw
                         row.event.kind, err, attempts, policy[0], pause)
             await sleep(pause)
             continue
+        silent = 0
         outcome = await delivery.handle(row, payload, result)
         await _until_stored(lambda: store.outbox_done(row.seq, csms_tx_id=outcome.csms_tx_id), sleep,
                             f"outbox {row.seq} delivered")

@@ -175,3 +175,19 @@ async def test_clock_aligned_values_include_the_grid_on_connector_0(tmp_path):
         assert {s["context"] for s in value["sampledValue"]} == {"Sample.Clock"}
         assert {s["location"] for s in value["sampledValue"]} == {"Inlet"}
         assert value["timestamp"].endswith(("Z", "+00:00"))
+
+
+async def test_a_csms_answering_nothing_three_times_gets_a_fresh_connection(tmp_path, caplog):
+    async with site(tmp_path) as (rt, rig, csms):
+        csms.never_answer("StartTransaction", times=3)
+        rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
+        await wait_until(lambda: rt.sessions.connectors[1].plugged)
+        assert (await rt.sessions.present_tag(1, "MUTE")).accepted
+        # call_timeout 3 s and a 5 s pause between tries: the third silence ends the connection
+        await csms.wait_connected(STATION, timeout=40, number=2)
+        await wait_until(lambda: csms.transactions, timeout=20)
+        starts = csms.messages(STATION, "StartTransaction", "in", "call")
+        assert len({m.unique_id for m in starts}) == 1 and len(starts) == 4     # the same message each time
+        assert len(csms.transactions) == 1
+        assert any("answered none of the last 3 CALLs" in r.message for r in caplog.records)
+        assert rt.sessions.connectors[1].tx is not None                          # charging went on
