@@ -134,6 +134,9 @@ class SoakDriver:
             await self.h.wait_agent(lambda now: now["tick"] > st["tick"], timeout=5, what="one more poll")
         except AGENT_ERRORS:
             return False
+        # Available was recorded after any transaction here ended (a start needs Preparing
+        # first): a start left uncertain either ended or never happened, and cannot any more
+        self.open[c] = []
         return True
 
     async def plug(self, c: int) -> None:

@@ -59,7 +59,7 @@ async def test_quick_kill_soak_every_transaction_once_in_order_with_true_meter_v
     result = await soak(tmp_path, kills=20)
     stats = result["stats"]
     assert result["kills"] == 20
-    assert stats["started"] >= 3 and stats["stop_transactions"] == stats["start_transactions"] >= 3
+    assert stats["started"] >= 5 and stats["stop_transactions"] == stats["start_transactions"] >= 5
     assert result["rss"]["samples"] > 0          # recorded and reported, judged only in the long run
 
 
@@ -68,4 +68,5 @@ async def test_quick_kill_soak_every_transaction_once_in_order_with_true_meter_v
 async def test_long_kill_soak_and_flat_memory(tmp_path):
     result = await soak(tmp_path, kills=1000, steady=600.0, warmup=60.0)
     assert result["kills"] == 1000
+    assert result["stats"]["started"] >= 250      # sessions all along, not only at the start
     assert "bound" in result["rss"]["verdict"]    # judged, not "too few samples"
