@@ -4,12 +4,18 @@ Exit codes follow what systemd's ``Restart=on-failure`` needs: 0 after a clean s
 (no restart), 1 after a crash (restart), 2 for a config that cannot work (printed like
 ``evsite check-config``; restarting would not help, and the unit's
 ``RestartPreventExitStatus=2`` says so).
+
+Test only: ``EVSITE_CLOCK_SPEED=N`` runs the whole runtime on a clock N times faster
+than real time (agent/clock.py ``clock_from_env``), so an end-to-end test can run a
+simulated day against the rig at the same ``--speed``; anything but a positive number is
+refused with exit 2, and the agent logs a warning at start while it is set.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from typing import Any
 
@@ -28,11 +34,17 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.clock import ClockSpeedError, clock_from_env
     from agent.config.issues import ConfigErrors, ConfigUnreadable
     from agent.config.load import load_config
     from agent.logsetup import setup_logging
     from agent.supervisor import run_agent
 
+    try:
+        clock, speed = clock_from_env()
+    except ClockSpeedError as exc:
+        print(f"evsite run: {exc}; not starting", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         config = load_config(args.config)
     except ConfigUnreadable as exc:
@@ -47,4 +59,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"evsite run: {args.config}: {count} error{'s' if count != 1 else ''}; not starting", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(args.log_level or config.site.log_level, state_dir=config.site.state_dir)
-    return asyncio.run(run_agent(config))
+    if speed is not None:
+        logging.getLogger("evsite.supervisor").warning(
+            "EVSITE_CLOCK_SPEED=%g: the agent's clock runs %g times faster than real time (polls, "
+            "staleness, sessions, uplink timers; I/O timeouts stay real). Test only: never set on a gateway",
+            speed, speed)
+    return asyncio.run(run_agent(config, clock))

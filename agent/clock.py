@@ -4,7 +4,8 @@ Invariant 6 of the design: intervals and timeouts use the monotonic clock; store
 times are UTC with a timezone. Every component that needs time takes a ``Clock`` instead
 of calling ``time``/``datetime``/``asyncio.sleep`` directly. ``SystemClock`` is production;
 ``SimClock`` is advanced by hand (unit tests, the simulated-day rig); ``ScaledClock`` runs
-real time faster (``evsite hil --speed``).
+real time faster (``evsite hil --speed``, and ``evsite run`` under the test-only
+``EVSITE_CLOCK_SPEED``: see ``clock_from_env``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
+import os
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -60,6 +64,37 @@ class ScaledClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
+
+
+#: test only: ``evsite run`` runs its whole runtime on ``ScaledClock(float(value))``
+SPEED_ENV = "EVSITE_CLOCK_SPEED"
+
+
+class ClockSpeedError(ValueError):
+    """``EVSITE_CLOCK_SPEED`` is set to something that is not a positive number."""
+
+
+def clock_from_env(environ: Mapping[str, str] | None = None) -> tuple[Clock, float | None]:
+    """The agent's clock: ``SystemClock`` unless ``EVSITE_CLOCK_SPEED`` is set (tests only).
+
+    Why it exists: an end-to-end test runs a simulated day through real processes (the
+    rig at ``--speed``, the agent here) in minutes. The agent's poll interval, staleness,
+    settle times, sessions' sample intervals and keep-alives then all run in the rig's
+    site time, so a 30 s poll of site time is a poll, not 50 minutes of physics. Never set
+    on a gateway; the caller logs a warning when it is. Returns the clock and the speed
+    (None: real time); an empty value counts as unset, anything else must parse as a
+    finite number > 0 or ``ClockSpeedError`` names it.
+    """
+    raw = (os.environ if environ is None else environ).get(SPEED_ENV, "").strip()
+    if not raw:
+        return SystemClock(), None
+    try:
+        speed = float(raw)
+    except ValueError:
+        speed = math.nan
+    if not (math.isfinite(speed) and speed > 0):
+        raise ClockSpeedError(f"{SPEED_ENV} must be a positive number (site seconds per real second), got {raw!r}")
+    return ScaledClock(speed), speed
 
 
 class SimClock:
