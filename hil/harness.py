@@ -9,7 +9,10 @@ proxy), then starts, each as its own process with its own log file in ``workdir/
 - the test CSMS (``python -m hil.csms``), frames logged to ``workdir/csms.jsonl``;
 - the rig (``evsite hil``) with an empty scenario unless one is given;
 - the agent (``evsite run``), exactly as systemd starts it: it is up when it sends
-  READY=1 to the ``$NOTIFY_SOCKET`` the harness listens on.
+  READY=1 to the ``$NOTIFY_SOCKET`` the harness listens on. Its clock is real time
+  unless ``agent_speed`` is given (test-only ``EVSITE_CLOCK_SPEED``): with the rig's
+  ``speed`` too, both run in the same site time (the simulated day,
+  tests/e2e/test_energy_day_processes.py).
 
 Between agent and CSMS sits a ``LinkProxy`` (hil/linkproxy.py) that a test can cut,
 turn into a black hole or slow down, while the CSMS process keeps running: its message
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.clock import SPEED_ENV
 from agent.config.load import load_config
 from agent.config.model import SiteConfig
 from agent.control.client import ControlClient
@@ -206,8 +210,11 @@ class Harness:
 
     def __init__(self, config: str | Path, workdir: str | Path, *, scenario: str | Path | None = None,
                  speed: float = 1.0, base_load: float = 4.0, csms_args: tuple[str, ...] = (),
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, agent_speed: float | None = None) -> None:
         self.source = Path(config)
+        #: the agent's clock speed (test-only ``EVSITE_CLOCK_SPEED``, agent/clock.py); None:
+        #: real time. Give it ``speed`` to run the agent in the rig's site time.
+        self.agent_speed = agent_speed
         self.workdir = Path(workdir)
         self.logs = self.workdir / "logs"
         self.scenario, self.speed, self.base_load = scenario, speed, base_load
@@ -322,6 +329,9 @@ class Harness:
         if self.agent_proc is None:
             env = dict(os.environ, NOTIFY_SOCKET=str(self._ready.path))
             env.pop("WATCHDOG_USEC", None)
+            env.pop(SPEED_ENV, None)
+            if self.agent_speed is not None:
+                env[SPEED_ENV] = repr(float(self.agent_speed))
             self.agent_proc = Child("agent", [self.python, "-m", "agent.cli", "run", "--config",
                                               str(self.workdir / "site.toml")], self.logs / "agent.log", env=env)
         await start_until_ready(self.agent_proc, self._ready, timeout)
