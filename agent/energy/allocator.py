@@ -41,6 +41,7 @@ from agent.energy.model import (
     scope_name,
 )
 from agent.energy.network import Network
+from agent.energy.turns import eta, minutes, rank, remember
 from drivers.contract import Setpoint
 
 
@@ -60,6 +61,9 @@ class ConnectorMemory:
     #: amps the EV keeps after releasing the rest, and what it drew then
     release_cap: float | None = None
     release_draw: float | None = None
+    #: taking turns (agent.energy.turns): since when it runs its turn, or waits for one
+    run_since: float | None = None
+    wait_since: float | None = None
 
 
 @dataclass
@@ -124,9 +128,13 @@ def allocate(
         if mem.phases is None or not _switchable(c):
             mem.phases = c.phases
         _track_release(c, mem, policy, now)
-    allocs, shares, residual = _allocate_once(inputs, limits, net, policy, st)
+    allocs, shares, residual = _allocate_once(inputs, limits, net, policy, st, now)
     if not limits.hold and _switch_phases(inputs, allocs, residual, net, policy, st, now):
-        allocs, shares, residual = _allocate_once(inputs, limits, net, policy, st)
+        allocs, shares, residual = _allocate_once(inputs, limits, net, policy, st, now)
+    squeezed = {cid for cid, (s, _) in shares.items() if not allocs[cid].enabled and s.why in ("paused", "share")}
+    remember(inputs, allocs, squeezed, st.connectors, policy, now, limits.hold)
+    if policy.rotation_interval > 0 and squeezed and not limits.hold:
+        allocs = _turn_reasons(inputs, allocs, shares, squeezed, st, policy, now)
     explanation = _explain(inputs, limits, net, allocs, shares, policy)
     return AllocationResult(allocs, explanation, st, net)
 
@@ -178,7 +186,7 @@ def _caps(c: ConnectorInput, limits: Limits, mem: ConnectorMemory) -> list[tuple
 
 
 def _allocate_once(
-    inputs: Sequence[ConnectorInput], limits: Limits, net: Network, policy: Policy, st: AllocatorState,
+    inputs: Sequence[ConnectorInput], limits: Limits, net: Network, policy: Policy, st: AllocatorState, now: float,
 ) -> tuple[dict[int, Allocation], dict[int, tuple[Share, Candidate]], list[float]]:
     allocs: dict[int, Allocation] = {}
     residual = [con.budget for con in net.constraints]
@@ -203,10 +211,8 @@ def _allocate_once(
             allocs[c.connector_id] = Allocation(c.connector_id, 0.0, phases, False, why, footprint=c.footprint(phases))
             continue
         cap, cap_reason = min(_caps(c, limits, mem), key=lambda t: t[0])
-        sp = c.setpoint
-        was_on = sp is not None and sp.enabled
         cand = Candidate(c.connector_id, net.keys(c.circuit, c.footprint(phases)), cap, cap_reason,
-                         round_up(c.min_current, policy.resolution), (not was_on, not c.charging, c.connector_id))
+                         round_up(c.min_current, policy.resolution), rank(c, mem, policy, now))
         tiers.setdefault(c.priority, []).append((c, cand))
     shares: dict[int, tuple[Share, Candidate]] = {}
     for prio in sorted(tiers, reverse=True):
@@ -228,6 +234,39 @@ def _allocate_once(
                 reason += f", 1p on {phase_name(c.wiring[0])}"
             allocs[c.connector_id] = Allocation(c.connector_id, amps, phases, on, reason, footprint=fp)
     return allocs, shares, residual
+
+
+def _turn_reasons(
+    inputs: Sequence[ConnectorInput], allocs: dict[int, Allocation], shares: Mapping[int, tuple[Share, Candidate]],
+    squeezed: set[int], st: AllocatorState, policy: Policy, now: float,
+) -> dict[int, Allocation]:
+    """Say who is taking turns: a waiting connector when it should run, a running one on
+    the same limit when its turn ends (``turns.eta``; an estimate, limits move)."""
+    r = policy.rotation_interval
+    prio = {c.connector_id: c.priority for c in inputs}
+    out = dict(allocs)
+    waiting_on: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    for cid in squeezed:
+        share, _ = shares[cid]
+        mem = st.connectors[cid]
+        if share.key is not None and mem.wait_since is not None:
+            waiting_on.setdefault((prio[cid], share.key), []).append((cid, mem.wait_since))
+    for (tier, key), waiting in waiting_on.items():
+        runners = [cid for cid, a in allocs.items() if a.enabled and prio.get(cid) == tier and cid in shares
+                   and key in shares[cid][1].keys]
+        ends = {cid: (st.connectors[cid].run_since if st.connectors[cid].run_since is not None else now) + r
+                for cid in runners}
+        for cid, at in eta(waiting, list(ends.values()), r).items():
+            a = out[cid]
+            head, sep, tail = a.reason.rpartition(", priority ")
+            out[cid] = replace(a, reason=f"{head}: taking turns, runs in {minutes(max(0.0, at - now))}{sep}{tail}")
+        for cid, end in ends.items():
+            a = out[cid]
+            if "turn ends" in a.reason:
+                continue
+            head, sep, tail = a.reason.rpartition(", priority ")
+            out[cid] = replace(a, reason=f"{head}, taking turns: turn ends in {minutes(max(0.0, end - now))}{sep}{tail}")
+    return out
 
 
 def _label(net: Network, key: int | None) -> str:

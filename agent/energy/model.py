@@ -225,13 +225,16 @@ class Policy:
     lower_timeout: float = 15.0
     #: measured current within this of the setpoint counts as "following it"
     comply_tolerance: float = 0.5
+    #: EVs of one priority paused for lack of room take turns with the running ones
+    #: after this long (agent.energy.turns); 0 = no turns, the running ones keep running
+    rotation_interval: float = 900.0
 
     def __post_init__(self) -> None:
         for name in ("resolution",):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Policy.{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("settle_time", "release_margin", "switch_delay", "switch_dwell", "switch_margin",
-                     "hysteresis", "min_interval", "lower_timeout", "comply_tolerance"):
+                     "hysteresis", "min_interval", "lower_timeout", "comply_tolerance", "rotation_interval"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Policy.{name} must be >= 0, got {getattr(self, name)!r}")
 
