@@ -136,12 +136,31 @@ class CircuitSection:
 
 
 @dataclass(kw_only=True)
+class PolicySection:
+    """Load-management tuning (agent.energy.model.Policy; the defaults are the same,
+    a unit test holds them together). Each key is optional."""
+
+    resolution: float = rule(0.1, gt=0, le=6, doc="setpoints are rounded down to a multiple of this (A)")
+    settle_time: float = rule(60.0, ge=0, le=3600, doc="an EV drawing well below its offer this long releases the rest to others (s)")
+    release_margin: float = rule(2.0, ge=0, le=32, doc="amps kept above what such an EV draws (A)")
+    hysteresis: float = rule(1.0, ge=0, le=16, doc="smaller raises (and lowers that still fit) are not commanded (A)")
+    min_interval: float = rule(10.0, ge=0, le=3600, doc="least time between two raises of one charger (s)")
+    lower_timeout: float = rule(15.0, ge=0, le=600, doc="a lowered charger not following by then is counted at its old value and raises go ahead within what is left; also how long one may draw over its setpoint before it counts as ignoring it (s)")
+    comply_tolerance: float = rule(0.5, ge=0, le=5, doc="measured current within this of the setpoint counts as following it (A)")
+    switch_delay: float = rule(60.0, ge=0, le=3600, doc="1p/3p: the condition must hold this long before a switch (s)")
+    switch_dwell: float = rule(300.0, ge=0, le=86_400, doc="1p/3p: least time between two switches of one charger (s)")
+    switch_margin: float = rule(1.0, ge=0, le=32, doc="1p/3p: switch to 3 phases only when they would get at least min_current + this (A)")
+    rotation_interval: float = rule(900.0, ge=0, le=86_400, doc="EVs of one priority paused for lack of current take turns with the running ones after this long; 0 = no turns, the running ones keep running (s)")
+
+
+@dataclass(kw_only=True)
 class LimitsSection:
     fuse_amps: float | list[float] = rule(doc="site main fuse per phase (A); one number or [L1, L2, L3]")
     failsafe_amps: float = rule(6.0, ge=0, doc="total EV current per phase while the grid meter is stale (A)")
     nominal_voltage: float = rule(230.0, ge=100, le=480, doc="phase-to-neutral voltage for W<->A conversion (V)")
     grid_stale_after: float = rule(10.0, gt=0, le=600, doc="seconds without a good grid reading before the failsafe")
     circuits: list[CircuitSection] = rule(default_factory=list, doc="sub-circuits (fuse tree)")
+    policy: PolicySection = rule(default_factory=PolicySection, doc="load-management tuning: pacing, hysteresis, 1p/3p switching, taking turns")
 
 
 @dataclass(kw_only=True)

@@ -51,6 +51,8 @@ def _type_text(tp: Any) -> str:
         return "array of tables" if dataclasses.is_dataclass(inner) else f"array of {_type_text(inner)}s"
     if get_origin(tp) is Literal:
         return _type_text(type(get_args(tp)[0]))
+    if dataclasses.is_dataclass(tp):
+        return "table"
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
 
 
@@ -122,7 +124,8 @@ def render() -> str:
             inner = get_args(tp)[0] if get_origin(tp) is list else tp
             meaning = f.metadata["doc"]
             if dataclasses.is_dataclass(inner):
-                meaning += f"; see `[[{header.strip('[]')}.{f.name}]]`"
+                sub = f"{header.strip('[]')}.{f.name}"
+                meaning += f"; see `[[{sub}]]`" if inner is not tp else f"; see `[{sub}]`"
             lines.append("| " + " | ".join(_cell(c) for c in (
                 f"`{f.name}`", _type_text(tp), _default_text(f), _allowed_text(tp, dict(f.metadata)), meaning,
             )) + " |")

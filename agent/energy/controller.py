@@ -19,6 +19,7 @@ chargers have a failsafe register and can switch phases).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ class ChargerSpec:
     failsafe_current: float | None
 
 
+def policy_of(config: SiteConfig) -> Policy:
+    """The allocator's tuning from ``[limits.policy]`` (every key optional; the loader
+    has checked types and ranges, ``Policy`` checks them again for hand-built configs)."""
+    section = config.limits.policy
+    return Policy(**{f.name: getattr(section, f.name) for f in dataclasses.fields(Policy)})
+
+
 def _profile_writes(profile_name: str) -> set[str]:
     try:
         from drivers.profile import load_profile
@@ -100,7 +108,7 @@ class EnergyController:
                  tuning: Policy | None = None) -> None:
         self.config = config
         self.clock = clock
-        self.tuning = tuning or Policy()
+        self.tuning = tuning or policy_of(config)
         self.voltage = config.limits.nominal_voltage
         self.fuses = FuseTree.from_config(config.limits)
         self.specs = charger_specs(config)
@@ -295,6 +303,7 @@ class EnergyController:
         out: dict[str, Any] = {
             "dim": {"active": self.dim_active, "source": self.dim_source or None},
             "profiles": len(self._profiles),
+            "policy": dataclasses.asdict(self.tuning),
         }
         if expl is not None:
             out.update(expl.as_dict())

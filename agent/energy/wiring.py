@@ -8,13 +8,15 @@ uplink; this module is the glue, kept apart so the supervisor stays a list of pa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
-from agent.energy.controller import EnergyController
+from agent.energy.controller import EnergyController, policy_of
+from agent.energy.model import Policy
 from agent.energy.profile_shape import TOP_KEYS, ProfileError, parse_profile
 from agent.site.state import SiteState
 from drivers.contract import Setpoint
@@ -45,7 +47,12 @@ def build(config: Any, clock: Any, rt: Any) -> EnergyController:
         book = rt.profiles
         return [energy_shape(p) for p in book.profiles] if book is not None else []
 
-    return EnergyController(config, clock, profiles_source=source)
+    tuning = policy_of(config)   # [limits.policy]
+    changed = {k: v for k, v in dataclasses.asdict(tuning).items() if v != getattr(Policy(), k)}
+    if changed:
+        log.info("load-management policy from [limits.policy]: %s",
+                 ", ".join(f"{k} = {v:g} (default {getattr(Policy(), k):g})" for k, v in changed.items()))
+    return EnergyController(config, clock, profiles_source=source, tuning=tuning)
 
 
 def policy_with_fixed_caps(config: Any, energy: EnergyController):
