@@ -88,7 +88,14 @@ class ModbusDevice:
         await self._prepare()
 
     async def close(self) -> None:
-        """Stop the keep-alive task; idempotent. The bus belongs to its owner, not to us."""
+        """Stop the keep-alive task; idempotent. The bus belongs to its owner, not to us.
+
+        The task is cancelled and awaited, and it also stops by itself once it sees the
+        driver closed: on Python 3.11, pymodbus waits for an answer with
+        ``asyncio.wait_for``, which swallows a cancellation that arrives in the same loop
+        turn as the answer; the write then returns normally and, without that check, the
+        loop went back to sleep and ``close()`` waited on it for ever.
+        """
         self._closed = True
         task, self._keepalive_task = self._keepalive_task, None
         if task is not None:
@@ -96,7 +103,10 @@ class ModbusDevice:
             try:
                 await task
             except asyncio.CancelledError:
-                pass
+                # the keep-alive task's own end; a cancellation of our caller goes on
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
 
     async def _prepare(self) -> None:
         if self.profile.sunspec is not None and self._model_address is None:
@@ -200,8 +210,10 @@ class ModbusDevice:
         ka = self.profile.keepalive
         assert ka is not None
         period = ka.period_for(self._failsafe_timeout())
-        while True:
+        while not self._closed:
             await self.clock.sleep(period)
+            if self._closed:
+                return
             try:
                 await self._keepalive_once()
             except DeviceError as exc:   # includes DeviceTimeout; the poller reports it

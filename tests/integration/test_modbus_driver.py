@@ -259,6 +259,59 @@ async def test_alfen_setpoint_is_rewritten_before_its_validity_runs_out():
         assert s.writes == [("current", pytest.approx(11))]
 
 
+class AnswerRacesTheCancel(TcpBus):
+    """The real bus; once armed, each write then waits for an answer the test gives,
+    with ``asyncio.wait_for`` as pymodbus waits for a Modbus answer.
+
+    On Python 3.11 ``wait_for`` returns the result, swallowing the cancellation, when a
+    cancel and the answer land in the same loop turn. Over a pty that happened by chance
+    (a keep-alive SimClock test hung in ``close()``); here the test makes it happen.
+    """
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.armed = False
+        self.in_write = asyncio.Event()
+        self.answer: asyncio.Future[None] | None = None
+
+    async def write(self, *a, **kw) -> None:
+        await super().write(*a, **kw)
+        if self.armed:
+            self.answer = asyncio.get_running_loop().create_future()
+            self.in_write.set()
+            await asyncio.wait_for(self.answer, 5)
+
+
+async def test_close_stops_a_keepalive_whose_cancellation_was_swallowed():
+    clock = SimClock()
+    img = RegisterImage("heidelberg-ec")
+    async with await serve_tcp("127.0.0.1", 0, [img]) as handle:
+        bus = AnswerRacesTheCancel("b", clock, "127.0.0.1", handle.port, timeout=0.3, retries=0)
+        drv = make_driver("heidelberg-ec", bus, clock, failsafe_timeout=30, failsafe_current=6)
+        closing = asyncio.get_running_loop().create_future()
+        closing.set_result(None)
+        try:
+            await drv.start()
+            await drv.apply(Setpoint(amps=10))
+            keepalive = drv._keepalive_task
+            assert keepalive is not None
+            bus.armed = True
+            await sleeping(clock)
+            await clock.advance(10)                       # 0.33 x 30 s: the setpoint is rewritten
+            await asyncio.wait_for(bus.in_write.wait(), 5)
+            bus.answer.set_result(None)                   # the answer, and in the same turn ...
+            closing = asyncio.create_task(drv.close())    # ... close() cancels the keep-alive
+            done, _ = await asyncio.wait([closing], timeout=5)   # (wait() cancels nothing)
+            assert closing in done, "close() still waits for a keep-alive that went back to sleep"
+            assert keepalive.done() and clock.pending_sleepers == 0
+        finally:
+            if not closing.done():
+                closing.cancel()
+                await asyncio.wait([closing])
+            await drv.close()
+            await bus.close()
+
+
 async def test_phase_switching_only_when_allowed_and_supported():
     async with Site("vestel-evc04", can_switch_phases=True) as s:
         assert s.driver.can_switch_phases
