@@ -84,6 +84,7 @@ def site_text(*, free_charging: bool = False, uplink: str = "enabled = false", b
             wiring = {list(wiring)!r}
             priority = {prio}
             circuit = "{circuit}"
+            failsafe_timeout = {4 * POLL}
             """).replace("'", '"') + tag)
     timeout = "" if bus_timeout is None else f"timeout = {bus_timeout}\n"
     return textwrap.dedent(f"""
