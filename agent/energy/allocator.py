@@ -41,7 +41,7 @@ from agent.energy.model import (
     scope_name,
 )
 from agent.energy.network import Network
-from agent.energy.turns import eta, minutes, rank, remember
+from agent.energy.turns import eta, idle, minutes, rank, remember
 from drivers.contract import Setpoint
 
 
@@ -254,7 +254,7 @@ def _turn_reasons(
     for (tier, key), waiting in waiting_on.items():
         runners = [cid for cid, a in allocs.items() if a.enabled and prio.get(cid) == tier and cid in shares
                    and key in shares[cid][1].keys]
-        ends = {cid: (st.connectors[cid].run_since if st.connectors[cid].run_since is not None else now) + r
+        ends = {cid: now if idle(m := st.connectors[cid]) else (m.run_since if m.run_since is not None else now) + r
                 for cid in runners}
         for cid, at in eta(waiting, list(ends.values()), r).items():
             a = out[cid]

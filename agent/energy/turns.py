@@ -24,6 +24,9 @@ The rule, per connector of a tier (priority):
   connector just paused does not bump the one that was kept in its place. Received
   energy is not used: waiting time is what a driver notices, needs no meter, and keeps
   the decision explainable ("runs in about 7 min").
+- An EV that has released its current because it draws (almost) nothing, a full battery
+  say (``idle``), holds no turn: it yields to the first waiting one at once and queues
+  behind everyone waiting. Given a turn again, it releases again after ``settle_time``.
 
 Everything lives in the allocator's ``ConnectorMemory``: pure, same input and state give
 the same output. ``rotation_interval = 0`` turns this off (the old order exactly).
@@ -38,9 +41,19 @@ from typing import Protocol
 from agent.energy.model import Allocation, ConnectorInput, Policy
 
 
+#: an EV that released its current and draws less than this holds no turn (A)
+IDLE_AMPS = 1.0
+
+
 class TurnMemory(Protocol):
     run_since: float | None
     wait_since: float | None
+    release_draw: float | None
+
+
+def idle(mem: TurnMemory) -> bool:
+    """Its EV was offered current and draws (almost) none of it (see module doc)."""
+    return mem.release_draw is not None and mem.release_draw < IDLE_AMPS
 
 
 def running(c: ConnectorInput) -> bool:
@@ -55,6 +68,8 @@ def rank(c: ConnectorInput, mem: TurnMemory, policy: Policy, now: float) -> tupl
     r = policy.rotation_interval
     if r <= 0:
         return (0, 0.0) + base
+    if on and idle(mem):
+        return (1, now) + base                      # holds no turn: behind everyone waiting
     if on and (mem.run_since is None or now - mem.run_since < r):
         return (0, 0.0) + base                      # within its turn
     if on:

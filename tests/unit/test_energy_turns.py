@@ -26,7 +26,7 @@ from drivers.contract import Setpoint
 MIN = 6.0
 
 
-def simulate(n, room_for, policy, duration, dt, *, arrive=None, priority=None, max_current=16.0):
+def simulate(n, room_for, policy, duration, dt, *, arrive=None, priority=None, max_current=16.0, full=()):
     """``n`` EVs on one 3-phase fuse with room for ``room_for`` of them at their minimum
     (plus half a minimum: not enough for one more). Returns per connector the seconds it
     charged and its longest wait (plugged, paused, while others charged), the fuse and the
@@ -60,7 +60,8 @@ def simulate(n, room_for, policy, duration, dt, *, arrive=None, priority=None, m
             drawn[c.connector_id] = tuple(max(o, w) for o, w in zip(old, new))   # lowers lag one poll
             in_force[c.connector_id] = plan.setpoints[c.connector_id]
         worst = max(worst, max(sum(drawn[cid][p] for cid in cids) for p in range(3)))
-        drawn = {c.connector_id: load_of(in_force[c.connector_id], c) for c in inputs}   # caught up
+        drawn = {c.connector_id: (0.0, 0.0, 0.0) if c.connector_id in full else load_of(in_force[c.connector_id], c)
+                 for c in inputs}   # caught up
         others_run = lambda me: any(in_force[o].enabled for o in plugged if o != me)  # noqa: E731
         for cid in plugged:
             if in_force[cid].enabled:
@@ -102,6 +103,20 @@ def test_a_newcomer_gets_a_turn_within_one_interval():
     charged, waited, _, _, _ = simulate(3, 2, policy, duration=3 * 3600, dt=10.0, arrive={3: 3600.0})
     assert waited[3] <= 600.0 + slack(policy, 10.0), waited
     assert charged[3] >= 0.4 * 2 * 3600, charged
+
+
+def test_a_full_ev_holds_no_turn():
+    """EV 1 is full (draws nothing): once it has released its current (settle_time) it
+    yields to the waiting EV at once, not after a whole turn. In later rounds it gets a
+    turn again (it may want current by then) and gives it up after settle_time again."""
+    policy = Policy(rotation_interval=1800.0, settle_time=60.0)
+    charged, waited, fuse, worst, result = simulate(3, 2, policy, duration=2 * 3600, dt=5.0, full={1})
+    assert worst <= fuse + 1e-6
+    assert waited[3] <= policy.settle_time + slack(policy, 5.0), waited
+    short_turn = policy.settle_time + slack(policy, 5.0)
+    assert charged[1] <= 4 * short_turn, charged             # one short turn per round of 1800 s
+    assert charged[2] >= 2 * 3600 - 4 * short_turn and charged[3] >= 2 * 3600 - 4 * short_turn, charged
+    assert not result.allocations[1].enabled or "rest released" in result.allocations[1].reason
 
 
 def test_higher_priority_never_takes_turns_with_lower():
