@@ -1,9 +1,9 @@
 """The allocator: (connectors, limits, policy, time, memory) -> setpoints and reasons.
 
 Pure: no IO, no clock, no config. Everything it remembers between polls (how long an EV
-has drawn less than offered, a switchable charger's 1p/3p mode and its timers) lives in
-an ``AllocatorState`` that the caller hands back in on the next call; the input state is
-never modified, so the same inputs always give the same output.
+has drawn less than offered, a switchable charger's 1p/3p mode and its timers, whose turn
+it is) lives in an ``AllocatorState`` that the caller hands back in on the next call; the
+input state is never modified, so the same inputs always give the same output.
 
 One call:
 
@@ -14,7 +14,9 @@ One call:
    (grid reading late: nothing is raised) and, for an EV that has drawn well below its
    offer for ``settle_time``, what it draws plus ``release_margin``.
 3. Priorities from high to low: each tier is water-filled (``agent.energy.fill``) into
-   what the higher tiers left; below-minimum connectors are paused.
+   what the higher tiers left; below-minimum connectors are paused. Who is paused
+   follows ``agent.energy.turns``: after ``rotation_interval`` the paused ones take
+   turns with the running ones, the one waiting longest first.
 4. Switchable chargers whose 1p/3p condition has held for ``switch_delay`` and whose
    last switch is ``switch_dwell`` ago switch, and the allocation is done again.
 5. Setpoints are rounded down to ``resolution``; each gets its reason.
