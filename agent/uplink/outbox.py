@@ -13,10 +13,13 @@ often to retry. Why each rule:
   It is the same on every retry and after a restart without a write before the send, so
   a CSMS that got the message but whose answer was lost sees the same id again (the one
   retransmission the spec allows), and a kill -9 between send and answer does the same.
-- **Timeouts are not refusals.** A CALL that times out is retried on the same
-  connection after a pause, forever: the message is not at fault, the link is. Only a
-  CALLERROR counts against the attempts (TransactionMessageAttempts), after which the
-  row is dropped and kept in the store's dropped table for diagnostics.
+- **Timeouts are not refusals.** A CALL that times out is sent again under the same id
+  after a pause: the message is not at fault, the link is. Its answer may still come
+  during the pause (a loaded CSMS): the adapter keeps it (agent/uplink/answers.py) and
+  ``until_answered`` ends the pause, and that answer completes the row without a second
+  send. ``give_up_after`` timeouts in a row end the connection. Only a CALLERROR counts
+  against the attempts (TransactionMessageAttempts), after which the row is dropped and
+  kept in the store's dropped table for diagnostics.
 - **Nothing waits on this loop.** Sessions write to the store and go on; this loop is
   woken by ``store.outbox_changed``.
 """
@@ -70,6 +73,10 @@ class Delivery(Protocol):
         """(attempts, interval s) for a refused transaction message; None: not a
         transaction message, dropped at the first CALLERROR."""
 
+    async def until_answered(self, message_id: str) -> None:
+        """Optional: returns when a late answer to ``message_id`` has come, so the pause
+        after a timeout ends early (``send`` then returns that answer)."""
+
 
 @dataclass
 class DeliveryStats:
@@ -98,6 +105,25 @@ async def _until_stored(write: Callable[[], Awaitable[Any]], sleep: Callable[[fl
         if failing:
             log.warning("%s: recorded, the store works again", what)
         return
+
+
+async def _pause_unless_answered(pause: Awaitable[None], delivery: Any, message_id: str) -> None:
+    """The pause before a timed-out message goes again, cut short when its late answer
+    comes (if the adapter can tell)."""
+    until = getattr(delivery, "until_answered", None)
+    if until is None:
+        await pause
+        return
+    sleeper = asyncio.ensure_future(pause)
+    answered = asyncio.ensure_future(until(message_id))
+    try:
+        await asyncio.wait({sleeper, answered}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (sleeper, answered):
+            t.cancel()
+        await asyncio.gather(sleeper, answered, return_exceptions=True)
+    if answered.done() and not answered.cancelled() and answered.exception() is None:
+        log.info("message %s: its late answer came during the pause", message_id)
 
 
 async def message_id_prefix(store: Any) -> str:
@@ -145,7 +171,7 @@ async def deliver(store: Any, delivery: Delivery, *, sleep: Callable[[float], Aw
             if silent >= give_up_after:
                 raise CsmsUnresponsive(f"the CSMS answered none of the last {silent} CALLs") from None
             log.warning("outbox %d (%s): no answer in time; sending it again with the same id", row.seq, row.event.kind)
-            await sleep(timeout_pause)
+            await _pause_unless_answered(sleep(timeout_pause), delivery, message_id)
             continue
         except OCPPError as err:
             silent = 0

@@ -26,6 +26,7 @@ from agent import __version__
 from agent.auth.types import AuthResult, AuthStatus, OfflineError
 from agent.sessions.events import MeterSampled, StatusChanged, TransactionEnded, TransactionStarted
 from agent.timefmt import parse_utc, utc_text
+from agent.uplink.answers import receive
 from agent.uplink.connection import Link
 from agent.uplink.outbox import DeliveryStats, Outcome, Skip, deliver
 from agent.uplink.v16 import messages
@@ -62,7 +63,7 @@ class V16Uplink:
         self.station = station
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(station.start(), name="ocpp receive")
+                tg.create_task(receive(station), name="ocpp receive")
                 await self._boot(station)
                 self._set_online(True)
                 await self._send_statuses()
@@ -148,7 +149,19 @@ class V16Uplink:
         return await messages.build(ev, self.store)
 
     async def send(self, payload: Any, message_id: str) -> Any:
+        station = self.station
+        if station is not None and (late := await station.late_result(payload, message_id)) is not None:
+            self.recent.append(f"{utc_text(self.clock.now())} <- {type(payload).__name__} answered late")
+            return late   # its answer came after we stopped waiting: no need to send it again
         return await self._call(payload, message_id)
+
+    async def until_answered(self, message_id: str) -> None:
+        """Returns when a late answer to ``message_id`` has come (outbox: ends its pause)."""
+        station = self.station
+        if station is None:
+            await asyncio.Event().wait()   # never: the pause ends by its own clock
+        else:
+            await station.answers.until_late(message_id)
 
     async def handle(self, row: Any, payload: Any, result: Any) -> Outcome:
         ev = row.event

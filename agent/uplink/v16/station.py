@@ -14,6 +14,7 @@ is reached with input the schema forbids.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -29,6 +30,7 @@ from agent.auth.types import AuthStatus, ListItem
 from agent.charging_profiles import ProfileError
 from agent.energy.profile_shape import with_start
 from agent.timefmt import utc_text
+from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
 # the date-time check both versions need (jsonschema ignores format: date-time)
 from agent.uplink.v201.station_fields import date_time
 from agent.uplink.v16.maintenance import MaintenanceHandlers
@@ -39,12 +41,14 @@ TRIGGERABLE = ("BootNotification", "Heartbeat", "MeterValues", "StatusNotificati
                "DiagnosticsStatusNotification", "FirmwareStatusNotification")
 
 
-class Station(MaintenanceHandlers, ChargePoint):
-    """``ctx`` is the V16Uplink of this connection (session.py)."""
+class Station(MatchedAnswers, MaintenanceHandlers, ChargePoint):
+    """``ctx`` is the V16Uplink of this connection (session.py). Answers to our CALLs
+    are matched by id (agent/uplink/answers.py), not through the library's queue."""
 
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=_ocpp_log)
         self.ctx = ctx
+        self.answers = AnswerBook()
 
     async def route_message(self, raw_msg: Any) -> None:
         """The library drops a frame that is not OCPP-J in silence. When it still looks
@@ -64,7 +68,14 @@ class Station(MaintenanceHandlers, ChargePoint):
             await self._send(CallError(msg.unique_id, "TypeConstraintViolation",
                                        f"{where} is outside the 32-bit integer range", {}).to_json())
             return
-        await super().route_message(raw_msg)
+        if self.route_answer(msg):
+            return
+        try:
+            await super().route_message(raw_msg)
+        except asyncio.CancelledError as exc:
+            if not from_inside(exc):
+                raise
+            await self.handler_cancelled(msg)
 
     # ---- transactions -------------------------------------------------------------------
     @on(Action.remote_start_transaction)
