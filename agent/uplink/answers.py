@@ -153,6 +153,15 @@ async def receive(station: Any) -> None:
     raise ReceiveLoopEnded("the receive loop returned")
 
 
+async def until_answered(station: Any, message_id: str) -> None:
+    """For the outbox's pause: returns when a late answer to ``message_id`` has come on
+    ``station``'s connection; never when there is no connection."""
+    if station is None:
+        await asyncio.Event().wait()
+    else:
+        await station.answers.until_late(message_id)
+
+
 def from_inside(exc: BaseException) -> bool:
     """True for a CancelledError that did not come from cancelling the current task."""
     task = asyncio.current_task()

@@ -26,7 +26,7 @@ from agent import __version__
 from agent.auth.types import AuthResult, AuthStatus, OfflineError
 from agent.sessions.events import MeterSampled, StatusChanged, TransactionEnded, TransactionStarted
 from agent.timefmt import parse_utc, utc_text
-from agent.uplink.answers import receive
+from agent.uplink.answers import receive, until_answered
 from agent.uplink.connection import Link
 from agent.uplink.outbox import DeliveryStats, Outcome, Skip, deliver
 from agent.uplink.v16 import messages
@@ -157,11 +157,7 @@ class V16Uplink:
 
     async def until_answered(self, message_id: str) -> None:
         """Returns when a late answer to ``message_id`` has come (outbox: ends its pause)."""
-        station = self.station
-        if station is None:
-            await asyncio.Event().wait()   # never: the pause ends by its own clock
-        else:
-            await station.answers.until_late(message_id)
+        await until_answered(self.station, message_id)
 
     async def handle(self, row: Any, payload: Any, result: Any) -> Outcome:
         ev = row.event

@@ -38,6 +38,7 @@ from agent.sessions.events import (
     TransactionUpdated, Trigger,
 )
 from agent.timefmt import parse_utc, utc_text
+from agent.uplink.answers import receive, until_answered
 from agent.uplink.connection import Link
 from agent.uplink.outbox import DeliveryStats, Outcome, Skip, deliver
 from agent.uplink.v201 import messages
@@ -92,7 +93,7 @@ class V201Uplink:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                tg.create_task(station.start(), name="ocpp receive")
+                tg.create_task(receive(station), name="ocpp receive")
                 if not self.accepted:
                     await self._boot()
                 self._set_online(True)
@@ -216,7 +217,13 @@ class V201Uplink:
         return await messages.build(row, self.store, self.settings)
 
     async def send(self, payload: Any, message_id: str) -> Any:
+        station = self.station
+        if station is not None and (late := await station.late_result(payload, message_id)) is not None:
+            return late   # its answer came after we stopped waiting: no need to send it again
         return await self._call(payload, message_id)
+
+    async def until_answered(self, message_id: str) -> None:
+        await until_answered(self.station, message_id)
 
     async def handle(self, row: Any, payload: Any, result: Any) -> Outcome:
         ev = row.event

@@ -22,6 +22,7 @@ TypeConstraintViolation, since such an id or version cannot be stored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,6 +30,7 @@ from ocpp.exceptions import OCPPError, SecurityError
 from ocpp.messages import Call, CallError, unpack
 from ocpp.v201 import ChargePoint
 
+from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
 from agent.uplink.v201.handlers_auth import AuthHandlers
 from agent.uplink.v201.handlers_other import UnsupportedHandlers
 from agent.uplink.v201.handlers_provisioning import ProvisioningHandlers
@@ -42,13 +44,14 @@ log = logging.getLogger("evsite.uplink.v201")
 _ocpp_log = logging.getLogger("evsite.uplink.ocpp")
 
 
-class Station(MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
+class Station(MatchedAnswers, MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
               UnsupportedHandlers, ChargePoint):
     """``ctx`` is the V201Uplink of this connection (session.py)."""
 
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=_ocpp_log)
         self.ctx = ctx
+        self.answers = AnswerBook()   # answers to our CALLs by id (agent/uplink/answers.py)
         #: results of Get*Report / GetChargingProfiles computed by the handler, sent by its @after hook
         self.pending_reports: dict[int, list[Any]] = {}
 
@@ -67,7 +70,14 @@ class Station(MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, Transacti
             await self._send(CallError(msg.unique_id, "TypeConstraintViolation",
                                        f"{where} is outside the 32-bit integer range", {}).to_json())
             return
-        await super().route_message(raw_msg)
+        if self.route_answer(msg):
+            return
+        try:
+            await super().route_message(raw_msg)
+        except asyncio.CancelledError as exc:
+            if not from_inside(exc):
+                raise
+            await self.handler_cancelled(msg)
 
     async def _handle_call(self, msg: Any) -> Any:
         if self.ctx.boot_status == "Rejected" and not self.ctx.accepted:
