@@ -78,6 +78,11 @@ class SessionManager(SessionCommands):
         self._started_mono = clock.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._latest: SiteState | None = None
+        #: the transaction the control API shows per connector: it changes only once the
+        #: start or end has gone through ``_emit`` (stored, or kept and counted in
+        #: ``unwritten_events``), so a client that sees a session ended and then kills the
+        #: agent cannot lose its end (``c.tx`` changes before the store write)
+        self._shown_tx: dict[int, ActiveTx] = {}
         #: called with (connector_id, reservation_id, reason) when a reservation ends
         #: without being used (2.0.1 ReservationStatusUpdate)
         self.on_reservation_ended: list[Any] = []
@@ -337,14 +342,15 @@ class SessionManager(SessionCommands):
         out = []
         for c in self.connectors.values():
             view = c.recorded
+            tx = self._shown_tx.get(c.connector_id)
             out.append({
                 "connector_id": c.connector_id,
                 "status": view.status.value if view else None,
                 "error_code": view.error_code if view else None,
                 "operative": c.operative,
-                "tx_id": c.tx.tx_id if c.tx else None,
-                "id_tag": _show(c.tx.id_tag) if c.tx else None,
-                "meter_start_wh": c.tx.meter_start_wh if c.tx else None,
+                "tx_id": tx.tx_id if tx else None,
+                "id_tag": _show(tx.id_tag) if tx else None,
+                "meter_start_wh": tx.meter_start_wh if tx else None,
                 "energy_wh": None if c.energy_wh is None else round(c.energy_wh),
                 "reservation": c.reservation.reservation_id if c.reservation else None,
             })
@@ -378,16 +384,30 @@ class SessionManager(SessionCommands):
                 await self.store.record(event, outbox=outbox)
             except StoreError as exc:
                 self._unwritten = queue[i:]
+                for kept, _ in self._unwritten:
+                    self._show(kept)
                 if not self._store_failing:
                     log.error("store write failed, %d event(s) kept in memory until it works again: %s", len(self._unwritten), exc)
                     self._store_failing = True
                 return
+            self._show(event)
             if self._store_failing:
                 log.warning("store writes work again")
                 self._store_failing = False
             for q in self._subscribers:
                 if not q.full():
                     q.put_nowait(event)
+
+    def _show(self, event: Event) -> None:
+        """A start or end has been stored (or kept): the control API may show it now."""
+        if isinstance(event, TransactionStarted):
+            c = self.connectors.get(event.connector_id)
+            if c is not None and c.tx is not None and c.tx.tx_id == event.tx_id:
+                self._shown_tx[event.connector_id] = c.tx
+        elif isinstance(event, TransactionEnded):
+            shown = self._shown_tx.get(event.connector_id)
+            if shown is not None and shown.tx_id == event.tx_id:
+                del self._shown_tx[event.connector_id]
 
     def _to_outbox(self, event: Event) -> bool:
         """Transaction messages and security events always queue; a status only while
