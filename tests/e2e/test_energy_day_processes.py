@@ -17,7 +17,7 @@ channel once the agent is up, so event times are site seconds from that moment.
 
 Checked:
 - limits, on the rig's ground truth (hil/trace.py: a sample at every write to a charger
-  and every poll interval of physics): the grid meter at or under the fuse on every
+  and every ``SAMPLE`` s of physics): the grid meter at or under the fuse on every
   phase, the row's chargers at or under their breaker. A base-load step is the
   building changing under the controller: from the step until the end of the next
   control cycle the site may be over; the next cycle starts within one ``POLL`` and the
@@ -49,7 +49,7 @@ from hil.scenario import Event
 from tests.e2e.day_kit import CHARGERS, MORNING_PEAK, POLL, SEED, WHOLE_DAY, Stretch, binding, charged, \
     fairness_problems, limit_problems, make_visits, paused, plugs, site_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: site seconds per real second, for the rig and the agent alike
 SPEED = 120.0
@@ -60,6 +60,8 @@ call_timeout = 10
 backoff_initial = 0.2
 backoff_max = 30
 ping_interval = 10"""
+#: site seconds between ground-truth samples of the physics (besides one at every write)
+SAMPLE = POLL / 3
 #: after a base-load step, site seconds the site may be over a limit (see module doc)
 STEP_GRACE = 2 * POLL
 
@@ -81,10 +83,19 @@ class Day:
     ticks: set[int] = field(default_factory=set)
 
 
+async def wait_site(h: Harness, elapsed: float) -> dict[str, Any]:
+    """The rig's truth once its clock reached ``elapsed``; asked in spans of 10 s real time
+    (a control request must be answered within 30 s)."""
+    truth = await h.rig("truth")
+    while truth["elapsed"] < elapsed:
+        truth = await h.rig("wait_until", elapsed=min(elapsed, truth["elapsed"] + 10 * SPEED))
+    return truth
+
+
 async def play(h: Harness, events: list[Event], t0: float, day: Day) -> None:
     """Each event at ``t0 + event.at`` of rig time, through the rig's control channel."""
     for e in events:
-        await h.rig("wait_until", elapsed=t0 + e.at)
+        await wait_site(h, t0 + e.at)
         if e.action == "base_load":
             truth = await h.rig("base_load", amps=list(e.params["amps"].values()))
             day.steps.append(truth["elapsed"])
@@ -132,7 +143,7 @@ async def run_stretch(tmp_path: Path, stretch: Stretch) -> tuple[Day, list[str],
     async with Harness(source, tmp_path / "w", speed=SPEED, agent_speed=SPEED) as h:
         started = time.monotonic() - began
         await h.rig("base_load", amps=list(scenario.base_load.values()))
-        seq = await h.rig("trace_start", period=POLL)
+        seq = await h.rig("trace_start", period=SAMPLE)
         t0 = (await h.rig("truth"))["elapsed"]
         watcher = asyncio.create_task(watch_decisions(h, day))
         player = asyncio.create_task(play(h, scenario.ordered(), t0, day))
@@ -141,7 +152,7 @@ async def run_stretch(tmp_path: Path, stretch: Stretch) -> tuple[Day, list[str],
                 await asyncio.wait([player], timeout=2.0)
                 seq = await check_trace(h, day, seq)
             player.result()
-            truth = await h.rig("wait_until", elapsed=t0 + scenario.end)
+            truth = await wait_site(h, t0 + scenario.end)
             seq = await check_trace(h, day, seq)
         finally:
             watcher.cancel()
