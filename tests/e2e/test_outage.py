@@ -37,6 +37,12 @@ def is_tx_message(m: dict) -> bool:
         or (m["action"] == "MeterValues" and "transactionId" in m["payload"]))
 
 
+def paused(status: dict, connector: int) -> bool:
+    """The agent wrote its charger a setpoint that lets no energy flow."""
+    sp = next(c for c in status["connectors"] if c["connector_id"] == connector)["setpoint"]
+    return sp is not None and not sp["enabled"]
+
+
 async def charging(h: Harness, connector: int, tag: str, device: str) -> float:
     """Plug an EV, present ``tag`` (offline: the local list decides), wait until energy
     flows; returns the register before the session."""
@@ -64,7 +70,11 @@ async def test_outage_with_a_kill_delivers_every_message_once_in_order(tmp_path)
         truth["start2"] = await charging(h, 2, TAGS[1], "c2")
         await h.unplug("c1")
         truth["stop1"] = await h.energy("c1")
-        await h.wait_agent(lambda s: h.session(s, 1)["tx_id"] is None, what="session 1 ended")
+        # ended, and c1 told so: the session shows ended once its end is stored, and the
+        # same tick then pauses c1. A kill between the two left c1 enabled (this charger
+        # has no watchdog), so session 3's EV drew before its tag was presented and the
+        # meterStart (the last poll) was a few Wh below the register read at Preparing
+        await h.wait_agent(lambda s: h.session(s, 1)["tx_id"] is None and paused(s, 1), what="session 1 ended, c1 paused")
 
         assert await h.kill_agent() == -9               # session 2 is charging
         await h.unplug("c2")                             # its EV leaves while nobody watches
