@@ -34,20 +34,20 @@ SCHEMA_DIRS = {
 }
 KINDS = ("call", "result")
 
-# 1.6 error codes (OCPP-J 1.6 section 4.2.3) and 2.0.1's (OCPP-J 2.0.1 section 4.3).
-# The specs' spellings vary (1.6 "FormationViolation" and "OccurenceConstraintViolation"
-# are errata that were never fixed; the ocpp library sends "FormatViolation" in 1.6),
-# so both spellings count as valid in both versions.
+# The error codes a station may send: OCPP-J 1.6 table 7 and OCPP-J 2.0.1 section 4.3,
+# spelled as each table spells them. 1.6 keeps "FormationViolation" and
+# "OccurenceConstraintViolation" (errata 5.1/5.2: not fixed, would break implementations);
+# 2.0.1 corrected the first only. The ocpp library sends the 2.x spellings in 1.6 too;
+# the station re-spells them (agent/uplink/error_codes.py), and these sets hold it to that.
 CALLERROR_CODES = {
     "1.6": {
         "NotImplemented", "NotSupported", "InternalError", "ProtocolError", "SecurityError",
-        "FormationViolation", "FormatViolation", "PropertyConstraintViolation",
-        "OccurenceConstraintViolation", "OccurrenceConstraintViolation",
+        "FormationViolation", "PropertyConstraintViolation", "OccurenceConstraintViolation",
         "TypeConstraintViolation", "GenericError",
     },
     "2.0.1": {
         "FormatViolation", "GenericError", "InternalError", "MessageTypeNotSupported",
-        "NotImplemented", "NotSupported", "OccurrenceConstraintViolation", "OccurenceConstraintViolation",
+        "NotImplemented", "NotSupported", "OccurenceConstraintViolation",
         "PropertyConstraintViolation", "ProtocolError", "RpcFrameworkError", "SecurityError",
         "TypeConstraintViolation",
     },

@@ -28,9 +28,8 @@ from tests.ocpp_schemas import CALLERROR_CODES, OcppSchemaError, schema_path, va
 
 pytestmark = pytest.mark.ocpp_unchecked
 
-ERROR_CODES = {"FormationViolation", "FormatViolation", "PropertyConstraintViolation", "TypeConstraintViolation",
-               "OccurenceConstraintViolation", "OccurrenceConstraintViolation", "ProtocolError", "NotImplemented",
-               "NotSupported"}
+ERROR_CODES = {"FormationViolation", "PropertyConstraintViolation", "TypeConstraintViolation",
+               "OccurenceConstraintViolation", "ProtocolError", "NotImplemented", "NotSupported"}   # 1.6 spellings
 FAST = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None,
                 max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")))
 

@@ -33,8 +33,8 @@ pytestmark = pytest.mark.ocpp_unchecked
 FAST = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None,
                 max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")))
 #: what a schema-valid call may be refused with: what the site cannot do or hold
-REFUSALS = {"NotImplemented", "NotSupported", "PropertyConstraintViolation", "OccurrenceConstraintViolation",
-            "OccurenceConstraintViolation", "TypeConstraintViolation"}
+REFUSALS = {"NotImplemented", "NotSupported", "PropertyConstraintViolation", "OccurenceConstraintViolation",
+            "TypeConstraintViolation"}
 
 
 @lru_cache(maxsize=None)

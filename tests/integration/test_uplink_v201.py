@@ -328,7 +328,7 @@ async def test_outage_events_arrive_once_marked_offline_after_reconnect(tmp_path
     ("FlyToTheMoon", {}, ("NotSupported", "NotImplemented")),
     ("GetVariables", {"getVariableData": "all of them"}, ("TypeConstraintViolation", "FormatViolation")),
     ("RequestStartTransaction", {"idToken": {"idToken": "X", "type": "Central"}},
-     ("ProtocolError", "OccurrenceConstraintViolation", "FormatViolation")),   # a required field is missing
+     ("ProtocolError", "OccurenceConstraintViolation", "FormatViolation")),   # a required field is missing
     ("ChangeAvailability", {"operationalStatus": "Sideways"}, ("PropertyConstraintViolation", "FormatViolation")),
 ])
 async def test_bad_calls_get_callerrors_and_the_link_stays_up(tmp_path, action, payload, codes):

@@ -31,6 +31,7 @@ from agent.charging_profiles import ProfileError
 from agent.energy.profile_shape import with_start
 from agent.timefmt import utc_text
 from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
+from agent.uplink.error_codes import VersionSpelledErrors
 # the date-time check both versions need (jsonschema ignores format: date-time)
 from agent.uplink.v201.station_fields import date_time
 from agent.uplink.v16.maintenance import MaintenanceHandlers
@@ -41,9 +42,11 @@ TRIGGERABLE = ("BootNotification", "Heartbeat", "MeterValues", "StatusNotificati
                "DiagnosticsStatusNotification", "FirmwareStatusNotification")
 
 
-class Station(MatchedAnswers, MaintenanceHandlers, ChargePoint):
+class Station(VersionSpelledErrors, MatchedAnswers, MaintenanceHandlers, ChargePoint):
     """``ctx`` is the V16Uplink of this connection (session.py). Answers to our CALLs
     are matched by id (agent/uplink/answers.py), not through the library's queue."""
+
+    ocpp_version_spelling = "1.6"
 
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=_ocpp_log)
@@ -60,8 +63,7 @@ class Station(MatchedAnswers, MaintenanceHandlers, ChargePoint):
             uid = call_id_of(raw_msg)
             log.warning("frame from the CSMS is not OCPP-J (%s: %s): %.200r", err.code, err.details or err.description, raw_msg)
             if uid is not None:
-                code = "FormationViolation" if err.code == "FormatViolation" else err.code
-                await self._send(CallError(uid, code, "not a valid OCPP-J CALL", {}).to_json())
+                await self._send(CallError(uid, err.code, "not a valid OCPP-J CALL", {}).to_json())
             return
         if isinstance(msg, Call) and (where := out_of_int32(msg.payload)) is not None:
             log.warning("%s from the CSMS refused: %s is outside OCPP's 32-bit integer range", msg.action, where)

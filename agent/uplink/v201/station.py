@@ -31,6 +31,7 @@ from ocpp.messages import Call, CallError, unpack
 from ocpp.v201 import ChargePoint
 
 from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
+from agent.uplink.error_codes import VersionSpelledErrors
 from agent.uplink.v201.handlers_auth import AuthHandlers
 from agent.uplink.v201.handlers_other import UnsupportedHandlers
 from agent.uplink.v201.handlers_provisioning import ProvisioningHandlers
@@ -44,7 +45,7 @@ log = logging.getLogger("evsite.uplink.v201")
 _ocpp_log = logging.getLogger("evsite.uplink.ocpp")
 
 
-class Station(MatchedAnswers, MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
+class Station(VersionSpelledErrors, MatchedAnswers, MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
               UnsupportedHandlers, ChargePoint):
     """``ctx`` is the V201Uplink of this connection (session.py)."""
 
