@@ -225,9 +225,10 @@ def fairness_problems(decision: Mapping[str, Any]) -> list[str]:
 
 
 def paused(decision: Mapping[str, Any]) -> int:
-    """Connectors paused for lack of current (below their minimum, or taking turns)."""
-    return sum(1 for a in decision["connectors"]
-               if a["reason"].startswith("paused: share") or a["reason"].startswith("paused: taking turns"))
+    """Connectors paused for lack of current: their share would be below their minimum
+    ("paused: share of ... would be 4.3 A, below its minimum 6 A", with ": taking turns,
+    runs in 7 min" when they wait for a turn)."""
+    return sum(1 for a in decision["connectors"] if a["reason"].startswith("paused: share"))
 
 
 def binding(decision: Mapping[str, Any], scope: str | None = None) -> bool:

@@ -27,8 +27,8 @@ Checked:
   section) as often as the test gets them, one per control cycle at most
   (day_kit.fairness_problems); nothing enabled below its minimum.
 - every EV had its session: each visit is one transaction at the CSMS, started and
-  stopped; most EVs charged (energy in the transaction, charge gained in the rig's EV):
-  without turns, one arriving into a squeeze may get nothing, as in the in-process day.
+  stopped; every EV charged over the day (energy in the transaction, charge gained in
+  the rig's EV), most in the morning peak, where a short visit may leave before its turn.
 - the stretch was busy: limits bound, the row's breaker bound, EVs were paused.
 """
 
@@ -172,7 +172,7 @@ async def run_stretch(tmp_path: Path, stretch: Stretch) -> tuple[Day, list[str],
 
 
 def check_day(day: Day, names: list[str], start_soc: dict[str, float], h: Harness, cycles: float, *,
-              row: bool = True) -> None:
+              row: bool = True, every_ev: bool = True) -> None:
     assert day.over == [], f"{len(day.over)} sample(s) over a limit, first: " + "\n".join(day.over[:10])
     assert day.unfair == [], f"{len(day.unfair)} unfair decision(s), first: " + "\n".join(day.unfair[:10])
     # the agent's decisions were seen at most cycles (the machine may be loaded: not all)
@@ -184,14 +184,15 @@ def check_day(day: Day, names: list[str], start_soc: dict[str, float], h: Harnes
     stops = [m["payload"] for m in calls if m["action"] == "StopTransaction"]
     assert len(starts) == len(names) and len(stops) == len(names), (len(starts), len(stops))
     assert all(s["meterStop"] >= 0 for s in stops)
-    # most EVs charged (the register is the ABB's session energy, from 0), by the CSMS
-    # and by the rig's EVs; as in the in-process day, one arriving into a squeeze may get
-    # nothing: the allocator keeps the running connectors and pauses the newcomer
+    # EVs charged (the register is the ABB's session energy, from 0), by the CSMS and by
+    # the rig's EVs: over the day every one (paused EVs take turns, 15 min each); in the
+    # morning peak most, as a 15-minute visit arriving into a queue may leave before its turn
     with_energy = sum(s["meterStop"] > 0 for s in stops)
     gained = charged(start_soc, day.last_soc)
     assert sorted(gained) == names
-    assert with_energy >= 3 * len(names) // 4, [s["meterStop"] for s in stops]
-    assert sum(v > 0 for v in gained.values()) >= 3 * len(names) // 4, gained
+    least = len(names) if every_ev else 3 * len(names) // 4
+    assert with_energy >= least, [s["meterStop"] for s in stops]
+    assert sum(v > 0 for v in gained.values()) >= least, gained
     assert day.max_plugged >= 6                  # busy: most chargers in use at once
     assert day.bound >= day.decisions // 10      # a limit decided shares
     assert day.row_bound > 0 or not row          # and the row's breaker (not in the morning: the site binds first)
@@ -202,7 +203,7 @@ def check_day(day: Day, names: list[str], start_soc: dict[str, float], h: Harnes
 
 async def test_the_morning_peak_through_real_processes(tmp_path):
     day, names, start_soc, h, took = await run_stretch(tmp_path, MORNING_PEAK)
-    check_day(day, names, start_soc, h, MORNING_PEAK.duration / POLL, row=False)
+    check_day(day, names, start_soc, h, MORNING_PEAK.duration / POLL, row=False, every_ev=False)
 
 
 @pytest.mark.long
