@@ -32,6 +32,7 @@ from agent.energy.profile_shape import with_start
 from agent.timefmt import utc_text
 from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
 from agent.uplink.error_codes import VersionSpelledErrors
+from agent.uplink.ocpp_log import OcppLibraryLog
 # the date-time check both versions need (jsonschema ignores format: date-time)
 from agent.uplink.v201.station_fields import date_time
 from agent.uplink.v16.maintenance import MaintenanceHandlers
@@ -269,5 +270,5 @@ def call_id_of(raw: Any) -> str | None:
     return None
 
 
-_ocpp_log = logging.getLogger("evsite.uplink.ocpp")
+_ocpp_log = OcppLibraryLog(logging.getLogger("evsite.uplink.ocpp"), "1.6")
 __all__ = ["Station"]

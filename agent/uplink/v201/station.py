@@ -32,6 +32,7 @@ from ocpp.v201 import ChargePoint
 
 from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
 from agent.uplink.error_codes import VersionSpelledErrors
+from agent.uplink.ocpp_log import OcppLibraryLog
 from agent.uplink.v201.handlers_auth import AuthHandlers
 from agent.uplink.v201.handlers_other import UnsupportedHandlers
 from agent.uplink.v201.handlers_provisioning import ProvisioningHandlers
@@ -42,7 +43,7 @@ from agent.uplink.v201.station_fields import out_of_int32
 from agent.uplink.v16.station import call_id_of   # the same frame check as 1.6
 
 log = logging.getLogger("evsite.uplink.v201")
-_ocpp_log = logging.getLogger("evsite.uplink.ocpp")
+_ocpp_log = OcppLibraryLog(logging.getLogger("evsite.uplink.ocpp"), "2.0.1")
 
 
 class Station(VersionSpelledErrors, MatchedAnswers, MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
