@@ -257,3 +257,29 @@ def charged(start_soc: Mapping[str, float], last_soc: Mapping[str, float]) -> di
 def plugs(events: Iterable[Event]) -> dict[str, float]:
     """Each EV's state of charge when it plugs in, by name."""
     return {e.params["ev"]["name"]: e.params["ev"]["soc"] for e in events if e.action == "plug"}
+
+
+class TurnWatch:
+    """How long each connector waited, paused for lack of current ("paused: share ..."),
+    while another enabled connector of its priority ran: with turns (Policy.
+    rotation_interval) no wait should be much longer than one turn."""
+
+    def __init__(self) -> None:
+        self.since: dict[int, float] = {}
+        self.longest: tuple[float, int | None, float] = (0.0, None, 0.0)   # wait, connector, at
+
+    def update(self, decision: Mapping[str, Any], t: float) -> None:
+        connectors = decision["connectors"]
+        waiting = set()
+        for a in connectors:
+            if a["enabled"] or not a["reason"].startswith("paused: share"):
+                continue
+            if any(b["enabled"] and b["priority"] == a["priority"] for b in connectors):
+                waiting.add(a["connector_id"])
+        for cid in list(self.since):
+            if cid not in waiting:
+                del self.since[cid]
+        for cid in waiting:
+            start = self.since.setdefault(cid, t)
+            if t - start > self.longest[0]:
+                self.longest = (t - start, cid, t)

@@ -43,8 +43,8 @@ from agent.site.devices import open_devices
 from agent.site.poller import Poller
 from hil.rig import Rig
 from hil.trace import Trace
-from tests.e2e.day_kit import CHARGERS, DAY, EVS, POLL, SEED, binding, charged, fairness_problems, limit_problems, \
-    make_visits, paused, plugs, site_text
+from tests.e2e.day_kit import CHARGERS, DAY, POLL, SEED, binding, charged, fairness_problems, limit_problems, \
+    TurnWatch, make_visits, paused, plugs, site_text
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +60,7 @@ async def test_a_day_of_twenty_evs_keeps_every_limit_and_shares_fairly(tmp_path:
     unfair: list[str] = []
     stats = {"bound": 0, "row_bound": 0, "paused": 0, "cycles": 0, "max_plugged": 0}
     last_soc: dict[str, float] = {}
+    turns = TurnWatch()
     async with AsyncExitStack() as stack:
         await rig.start()
         stack.push_async_callback(rig.stop)
@@ -85,6 +86,7 @@ async def test_a_day_of_twenty_evs_keeps_every_limit_and_shares_fairly(tmp_path:
             assert result is not None
             decision = result.explanation.as_dict()
             unfair += fairness_problems(decision)
+            turns.update(decision, tick_at)
             stats["bound"] += binding(decision)
             stats["row_bound"] += binding(decision, "circuit row")
             stats["paused"] += paused(decision) > 0
@@ -100,10 +102,11 @@ async def test_a_day_of_twenty_evs_keeps_every_limit_and_shares_fairly(tmp_path:
     assert sorted(start_soc) == names
     gained = charged(start_soc, last_soc)
     assert sorted(gained) == names
-    # most EVs charged; one arriving into a squeeze may wait for hours: the allocator keeps
-    # the connectors already running and pauses the newcomer (shares do not hop between
-    # cars every poll), which the instantaneous fairness bound allows
-    assert sum(v >= 0.05 for v in gained.values()) >= 3 * EVS // 4, gained
+    # every EV charged: on a squeezed site paused EVs take turns (the default 15 min of
+    # limits.policy.rotation_interval; a base-load step may add a few minutes), so one arriving into a squeeze does not wait out its whole stay
+    assert all(v > 0.02 for v in gained.values()), gained
+    wait, cid, at = turns.longest
+    assert wait <= 15 * 60 + 300, f"CP{cid} waited {wait / 60:.0f} min for a turn (until t={at:.0f} s)"
     assert stats["cycles"] >= DAY / POLL
     assert stats["max_plugged"] >= 6, stats        # busy: most chargers in use at once
     assert stats["bound"] >= stats["cycles"] // 10, stats   # a limit decided shares for hours
