@@ -91,7 +91,9 @@ async def test_callerror_beyond_attempts_is_dropped_and_kept_for_diagnostics(tmp
         rig.charger("terra").plug(Ev(ramp_delay=0.1), rig.site.model.now)
         await wait_until(lambda: rt.sessions.connectors[1].plugged)
         assert (await rt.sessions.present_tag(1, "DOOMED")).accepted
-        await wait_until(lambda: len(csms.messages(STATION, "StartTransaction", "in", "call")) == 2, timeout=15)
+        # both attempts refused: wait for the CSMS's second CALLERROR, not the second call
+        # (cleared between the two, the second Start would be accepted and its Stop sent)
+        await wait_until(lambda: len(csms.messages(STATION, "StartTransaction", "out", "error")) == 2, timeout=15)
         csms.clear_faults()
         rig.charger("terra").unplug(rig.site.model.now)
         # the stop cannot name a transaction the CSMS never accepted: dropped too, and
