@@ -22,6 +22,7 @@ import pytest
 
 from hil.harness import Harness
 from tests.e2e.conftest import schema_violations
+from tests.e2e.test_outage import paused
 from tests.e2e.v201_kit import by_transaction, energy, local_list_201, set_variables, transaction_events, write_site_201
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +60,8 @@ async def test_outage_with_a_kill_delivers_every_transaction_event_once_in_seq_o
         truth["start2"] = await charging(h, 2, TAGS[1], "c2")
         await h.unplug("c1")
         truth["stop1"] = await h.energy("c1")
-        await h.wait_agent(lambda s: h.session(s, 1)["tx_id"] is None, what="session 1 ended")
+        # ended and c1 paused (see test_outage.py: a kill between the two leaves c1 enabled)
+        await h.wait_agent(lambda s: h.session(s, 1)["tx_id"] is None and paused(s, 1), what="session 1 ended, c1 paused")
 
         assert await h.kill_agent() == -9               # session 2 is charging
         await h.unplug("c2")                             # its EV leaves while nobody watches
