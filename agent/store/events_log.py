@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from typing import Any
 
 import aiosqlite
 
@@ -122,6 +123,31 @@ class EventLogMixin:
             found = await rows(conn, "SELECT body FROM events WHERE tx_id = ? ORDER BY id", (tx_id,))
         return [event_from_json(json.loads(b)) for (b,) in found]
 
+    async def tx_samples(self, tx_id: str, *, contexts: tuple[str, ...] = ("Sample.Periodic", "Sample.Clock"),
+                         limit: int | None = None) -> list[MeterSampled]:
+        """The meter samples recorded inside transaction ``tx_id`` whose context is one
+        of ``contexts``, oldest first. With ``limit``, at most that many, spread evenly
+        over the transaction with its first and last sample always kept: a StopTransaction
+        of a day-long transaction must stay a bounded message, and an even spread keeps
+        the shape of its curve where "the newest N" would keep only its end.
+
+        Only the chosen rows are decoded (the choice reads ids and contexts), so a long
+        transaction costs one index scan, not thousands of JSON parses per send."""
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise StoreError(f"tx_samples: limit must be an integer >= 1 or None, got {limit!r}")
+        wanted = set(contexts)
+        async with self._db.read("tx_samples") as conn:
+            found = await rows(conn, "SELECT id, json_extract(body, '$.context') FROM events "
+                                     "WHERE tx_id = ? AND kind = 'meter' ORDER BY at, id", (tx_id,))
+            ids = [i for i, ctx in found if ctx in wanted]
+            ids = spread(ids, limit)
+            bodies: list[Any] = []
+            for start in range(0, len(ids), 500):   # SQLite caps the parameters of one statement
+                chunk = ids[start:start + 500]
+                bodies += await rows(conn, f"SELECT body FROM events WHERE id IN ({','.join('?' * len(chunk))}) "
+                                           "ORDER BY at, id", chunk)
+        return [event_from_json(json.loads(b)) for (b,) in bodies]  # type: ignore[misc]
+
     async def samples(self, *, connector_id: int | None = None, since: object = None,
                       limit: int | None = None) -> list[MeterSampled]:
         """Stored meter samples (with or without an outbox row), oldest first;
@@ -152,6 +178,16 @@ class EventLogMixin:
         if count:
             log.info("store: pruned %d meter samples older than %g days", count, older_than_days)
         return count
+
+
+def spread(items: list[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` of ``items``, evenly spaced, the first and the last kept."""
+    n = len(items)
+    if limit is None or n <= limit:
+        return list(items)
+    if limit == 1:
+        return [items[-1]]
+    return [items[round(i * (n - 1) / (limit - 1))] for i in range(limit)]
 
 
 def energy_register_wh(event: MeterSampled) -> float | None:

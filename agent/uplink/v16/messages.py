@@ -17,11 +17,26 @@ from agent.sessions.events import (
     Event, MeterSampled, SampledValue, SecurityEvent, StatusChanged, StopReason, TransactionEnded,
     TransactionStarted, TransactionUpdated,
 )
+from agent.store.events_log import spread
 from agent.timefmt import utc_text
 from agent.uplink.outbox import Drop, Skip
 
 #: 1.6 UnitOfMeasure values (Frequency has none: the unit is left out)
 _UNITS = {"Wh": "Wh", "kWh": "kWh", "W": "W", "kW": "kW", "A": "A", "V": "V", "Percent": "Percent"}
+
+ENERGY = "Energy.Active.Import.Register"
+
+#: A StopTransaction's transactionData holds at most this many sampled meterValues
+#: between Transaction.Begin and Transaction.End, and at most ``MAX_STOP_VALUES``
+#: sampledValues in them; a longer transaction's samples are thinned evenly (its first
+#: and last sample kept). 96 is a day of 15-minute clock-aligned values; 400 values keep
+#: a stop under about 55 KB of JSON whatever the measurands (96 samples of energy plus
+#: three phase currents measured 52 KB), so a CSMS with a 64 KB frame limit takes it.
+MAX_STOP_SAMPLES = 96
+MAX_STOP_VALUES = 400
+
+#: which setting picks the measurands of each sample context in a stop's transactionData
+_STOP_TXN_KEYS = {"Sample.Periodic": "StopTxnSampledData", "Sample.Clock": "StopTxnAlignedData"}
 
 #: 1.6 Reason values; 2.0.1-only reasons fall back to their nearest 1.6 word
 _REASONS = {
@@ -55,8 +70,9 @@ def status_notification(ev: StatusChanged) -> call.StatusNotification:
     )
 
 
-async def build(event: Event, store: Any) -> Any:
-    """The 1.6 call for a queued event; raises Skip (nothing to send in 1.6) or Drop."""
+async def build(event: Event, store: Any, settings: Any = None) -> Any:
+    """The 1.6 call for a queued event; raises Skip (nothing to send in 1.6) or Drop.
+    ``settings`` (StopTxnSampledData / StopTxnAlignedData) shape a stop's transactionData."""
     if isinstance(event, TransactionStarted):
         return call.StartTransaction(connector_id=event.connector_id, id_tag=event.id_tag,
                                      meter_start=int(event.meter_start_wh), timestamp=utc_text(event.at),
@@ -66,7 +82,7 @@ async def build(event: Event, store: Any) -> Any:
         if tx is None or tx.csms_tx_id is None:
             raise Drop(f"transaction {event.tx_id} has no transactionId: its StartTransaction never got an answer")
         data = None
-        samples = await _stop_samples(store, event)
+        samples = await _stop_samples(store, event, settings)
         if samples:
             data = samples
         return call.StopTransaction(meter_stop=int(event.meter_stop_wh), timestamp=utc_text(event.at),
@@ -91,16 +107,44 @@ async def build(event: Event, store: Any) -> Any:
     raise Drop(f"no OCPP 1.6 message for event kind {event.kind!r}")
 
 
-async def _stop_samples(store: Any, event: TransactionEnded) -> list[dict[str, Any]] | None:
-    """transactionData: the start and stop register values (StopTxnSampledData), which
-    lets a CSMS check meterStart/meterStop against the samples it got."""
+async def _stop_samples(store: Any, event: TransactionEnded, settings: Any) -> list[dict[str, Any]] | None:
+    """transactionData, oldest first: the Transaction.Begin register value, the samples
+    recorded during the transaction cut to the StopTxnSampledData measurands (periodic
+    ones) and StopTxnAlignedData measurands (clock-aligned ones), interleaved by time, and
+    the Transaction.End value. A CSMS that missed MeterValues (or never got them: the
+    samples of an offline transaction) can still check meterStart/meterStop against them.
+
+    Everything comes from the store, so a stop sent after a restart carries the samples
+    taken before it; the transaction has ended, so no new sample can change a retry.
+    Samples beyond ``MAX_STOP_SAMPLES`` / ``MAX_STOP_VALUES`` are thinned evenly; begin
+    and end always stay."""
     tx = await store.transaction(event.tx_id)
     if tx is None:
         return None
-    begin = SampledValue("Energy.Active.Import.Register", float(tx.meter_start_wh), "Wh")
-    end = SampledValue("Energy.Active.Import.Register", float(event.meter_stop_wh), "Wh")
-    return [meter_value(tx.started_at, (begin,), "Transaction.Begin"),
-            meter_value(event.at, (end,), "Transaction.End")]
+    begin = SampledValue(ENERGY, float(tx.meter_start_wh), "Wh")
+    end = SampledValue(ENERGY, float(event.meter_stop_wh), "Wh")
+    out = [meter_value(tx.started_at, (begin,), "Transaction.Begin")]
+    wanted = {ctx: frozenset(_setting(settings, key)) for ctx, key in _STOP_TXN_KEYS.items()}
+    contexts = tuple(ctx for ctx, measurands in wanted.items() if measurands)
+    if contexts:
+        kept = []
+        for sample in await store.tx_samples(event.tx_id, contexts=contexts, limit=MAX_STOP_SAMPLES):
+            values = tuple(v for v in sample.values if v.measurand in wanted.get(sample.context, ()))
+            if values:
+                kept.append((sample.at, values, sample.context))
+        if sum(len(values) for _, values, _ in kept) > MAX_STOP_VALUES:
+            widest = max(len(values) for _, values, _ in kept)
+            kept = spread(kept, max(1, MAX_STOP_VALUES // widest))
+        out += [meter_value(at, values, context) for at, values, context in kept]
+    out.append(meter_value(event.at, (end,), "Transaction.End"))
+    return out
+
+
+def _setting(settings: Any, name: str) -> tuple[str, ...]:
+    """A measurand list from the settings (none given: no sampled data, begin/end only)."""
+    if settings is None:
+        return ()
+    return tuple(settings[name])
 
 
 def _number(value: float) -> str:

@@ -146,7 +146,7 @@ class V16Uplink:
         ev = row.event
         if isinstance(ev, StatusChanged) and self.booted_at is not None and row.created_at < self.booted_at:
             raise Skip("status from before this connection: the current one was sent at boot")
-        return await messages.build(ev, self.store)
+        return await messages.build(ev, self.store, self.settings)
 
     async def send(self, payload: Any, message_id: str) -> Any:
         station = self.station
