@@ -115,7 +115,8 @@ async def _stop_samples(store: Any, event: TransactionEnded, settings: Any) -> l
     samples of an offline transaction) can still check meterStart/meterStop against them.
 
     Everything comes from the store, so a stop sent after a restart carries the samples
-    taken before it; the transaction has ended, so no new sample can change a retry.
+    taken before it; the transaction has ended, so no new sample can change a retry (the
+    two keys are read when the stop is built: a change between two tries shows in the next).
     Samples beyond ``MAX_STOP_SAMPLES`` / ``MAX_STOP_VALUES`` are thinned evenly; begin
     and end always stay."""
     tx = await store.transaction(event.tx_id)
