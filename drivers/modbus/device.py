@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 SUNS = [0x5375, 0x6E53]
 SF_PREFIX = "sf@"
+#: read after everything else in a poll (drivers/modbus/blocks.py plan: why)
+ENERGY_KEYS = ("energy_import", "energy_export")
 
 
 class ModbusDevice:
@@ -162,7 +164,7 @@ class ModbusDevice:
         if self._model_address is not None:
             for off in sorted({s.scale_factor for s in self.profile.reads.values() if s.scale_factor is not None}):
                 items.append(Item(f"{SF_PREFIX}{off}", "holding", self._model_address + off, 1))
-        return plan(items, self.profile.max_read, self.profile.read_gap)
+        return plan(items, self.profile.max_read, self.profile.read_gap, last=ENERGY_KEYS)
 
     async def read_values(self) -> dict[str, Any]:
         """Every profile read entry, decoded to canonical units (one dict per poll)."""
