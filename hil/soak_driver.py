@@ -307,7 +307,10 @@ class SoakDriver:
     async def drain(self) -> list[str]:
         """Link back, EVs out, everything delivered; the store's leftovers as problems."""
         if self.kill_timer is not None:
-            self.kill_timer.cancel()
+            # a kill under way is let finish: cancelled after its signal, it never saw the
+            # process exit, so the agent looked up while dead and was not restarted
+            if not self.killing:
+                self.kill_timer.cancel()
             await asyncio.gather(self.kill_timer, return_exceptions=True)
         if not self.agent_up:
             await self.restart()
