@@ -36,10 +36,10 @@ def spelled_for(version: str, frame: str) -> str:
 
 
 class VersionSpelledErrors:
-    """Mixin for a station (an ``ocpp`` ChargePoint): ``ocpp_version_spelling`` names
-    the table its CALLERRORs follow."""
+    """Mixin for a station (an ``ocpp`` ChargePoint): its CALLERRORs follow the table of
+    the library's ``_ocpp_version``."""
 
-    ocpp_version_spelling: str = "2.0.1"
+    _ocpp_version: str
 
     async def _send(self, message: str) -> None:  # type: ignore[override]
-        await super()._send(spelled_for(self.ocpp_version_spelling, message))  # type: ignore[misc]
+        await super()._send(spelled_for(self._ocpp_version, message))  # type: ignore[misc]

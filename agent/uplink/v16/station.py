@@ -14,14 +14,10 @@ is reached with input the schema forbids.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from typing import Any
 
 from ocpp.charge_point import snake_to_camel_case
-from ocpp.exceptions import OCPPError
-from ocpp.messages import Call, CallError, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
 from ocpp.v16.enums import Action
@@ -30,9 +26,10 @@ from agent.auth.types import AuthStatus, ListItem
 from agent.charging_profiles import ProfileError
 from agent.energy.profile_shape import with_start
 from agent.timefmt import utc_text
-from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
+from agent.uplink.answers import AnswerBook, MatchedAnswers
 from agent.uplink.error_codes import VersionSpelledErrors
 from agent.uplink.ocpp_log import OcppLibraryLog
+from agent.uplink.routing import GuardedRouting
 # the date-time check both versions need (jsonschema ignores format: date-time)
 from agent.uplink.v201.station_fields import date_time
 from agent.uplink.v16.maintenance import MaintenanceHandlers
@@ -43,42 +40,19 @@ TRIGGERABLE = ("BootNotification", "Heartbeat", "MeterValues", "StatusNotificati
                "DiagnosticsStatusNotification", "FirmwareStatusNotification")
 
 
-class Station(VersionSpelledErrors, MatchedAnswers, MaintenanceHandlers, ChargePoint):
+class Station(VersionSpelledErrors, GuardedRouting, MatchedAnswers, MaintenanceHandlers, ChargePoint):
     """``ctx`` is the V16Uplink of this connection (session.py). Answers to our CALLs
     are matched by id (agent/uplink/answers.py), not through the library's queue."""
 
-    ocpp_version_spelling = "1.6"
+    route_log = log
 
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=_ocpp_log)
         self.ctx = ctx
         self.answers = AnswerBook()
 
-    async def route_message(self, raw_msg: Any) -> None:
-        """The library drops a frame that is not OCPP-J in silence. When it still looks
-        like a CALL with a readable message id, answer it with a CALLERROR (1.6J 4.2.3),
-        so the CSMS is not left waiting; otherwise there is no one to answer: log it."""
-        try:
-            msg = unpack(raw_msg)
-        except OCPPError as err:
-            uid = call_id_of(raw_msg)
-            log.warning("frame from the CSMS is not OCPP-J (%s: %s): %.200r", err.code, err.details or err.description, raw_msg)
-            if uid is not None:
-                await self._send(CallError(uid, err.code, "not a valid OCPP-J CALL", {}).to_json())
-            return
-        if isinstance(msg, Call) and (where := out_of_int32(msg.payload)) is not None:
-            log.warning("%s from the CSMS refused: %s is outside OCPP's 32-bit integer range", msg.action, where)
-            await self._send(CallError(msg.unique_id, "TypeConstraintViolation",
-                                       f"{where} is outside the 32-bit integer range", {}).to_json())
-            return
-        if self.route_answer(msg):
-            return
-        try:
-            await super().route_message(raw_msg)
-        except asyncio.CancelledError as exc:
-            if not from_inside(exc):
-                raise
-            await self.handler_cancelled(msg)
+    def out_of_range(self, payload: Any) -> str | None:
+        return out_of_int32(payload)
 
     # ---- transactions -------------------------------------------------------------------
     @on(Action.remote_start_transaction)
@@ -256,17 +230,6 @@ def out_of_int32(value: Any, path: str = "") -> str | None:
         for i, v in enumerate(value):
             if (hit := out_of_int32(v, f"{path}[{i}]")) is not None:
                 return hit
-    return None
-
-
-def call_id_of(raw: Any) -> str | None:
-    """The message id of something shaped like ``[2, "<id>", ...]``, else None."""
-    try:
-        msg = json.loads(raw)
-    except (ValueError, TypeError):
-        return None
-    if isinstance(msg, list) and len(msg) >= 2 and msg[0] == 2 and isinstance(msg[1], str) and 0 < len(msg[1]) <= 36:
-        return msg[1]
     return None
 
 

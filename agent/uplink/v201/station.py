@@ -22,17 +22,16 @@ TypeConstraintViolation, since such an id or version cannot be stored.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from ocpp.exceptions import OCPPError, SecurityError
-from ocpp.messages import Call, CallError, unpack
+from ocpp.exceptions import SecurityError
 from ocpp.v201 import ChargePoint
 
-from agent.uplink.answers import AnswerBook, MatchedAnswers, from_inside
+from agent.uplink.answers import AnswerBook, MatchedAnswers
 from agent.uplink.error_codes import VersionSpelledErrors
 from agent.uplink.ocpp_log import OcppLibraryLog
+from agent.uplink.routing import GuardedRouting
 from agent.uplink.v201.handlers_auth import AuthHandlers
 from agent.uplink.v201.handlers_other import UnsupportedHandlers
 from agent.uplink.v201.handlers_provisioning import ProvisioningHandlers
@@ -40,15 +39,16 @@ from agent.uplink.v201.handlers_smart import SmartChargingHandlers
 from agent.uplink.v201.handlers_tx import TransactionHandlers
 from agent.uplink.v201.maintenance import MaintenanceHandlers
 from agent.uplink.v201.station_fields import out_of_int32
-from agent.uplink.v16.station import call_id_of   # the same frame check as 1.6
 
 log = logging.getLogger("evsite.uplink.v201")
 _ocpp_log = OcppLibraryLog(logging.getLogger("evsite.uplink.ocpp"), "2.0.1")
 
 
-class Station(VersionSpelledErrors, MatchedAnswers, MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
+class Station(VersionSpelledErrors, GuardedRouting, MatchedAnswers, MaintenanceHandlers, ProvisioningHandlers, AuthHandlers, TransactionHandlers, SmartChargingHandlers,
               UnsupportedHandlers, ChargePoint):
     """``ctx`` is the V201Uplink of this connection (session.py)."""
+
+    route_log = log
 
     def __init__(self, station_id: str, connection: Any, ctx: Any, *, response_timeout: float) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=_ocpp_log)
@@ -57,29 +57,8 @@ class Station(VersionSpelledErrors, MatchedAnswers, MaintenanceHandlers, Provisi
         #: results of Get*Report / GetChargingProfiles computed by the handler, sent by its @after hook
         self.pending_reports: dict[int, list[Any]] = {}
 
-    async def route_message(self, raw_msg: Any) -> None:
-        try:
-            msg = unpack(raw_msg)
-        except OCPPError as err:
-            uid = call_id_of(raw_msg)
-            log.warning("frame from the CSMS is not OCPP-J (%s: %s): %.200r", err.code, err.details or err.description,
-                        raw_msg)
-            if uid is not None:
-                await self._send(CallError(uid, err.code, "not a valid OCPP-J CALL", {}).to_json())
-            return
-        if isinstance(msg, Call) and (where := out_of_int32(msg.payload)) is not None:
-            log.warning("%s from the CSMS refused: %s is outside OCPP's 32-bit integer range", msg.action, where)
-            await self._send(CallError(msg.unique_id, "TypeConstraintViolation",
-                                       f"{where} is outside the 32-bit integer range", {}).to_json())
-            return
-        if self.route_answer(msg):
-            return
-        try:
-            await super().route_message(raw_msg)
-        except asyncio.CancelledError as exc:
-            if not from_inside(exc):
-                raise
-            await self.handler_cancelled(msg)
+    def out_of_range(self, payload: Any) -> str | None:
+        return out_of_int32(payload)
 
     async def _handle_call(self, msg: Any) -> Any:
         if self.ctx.boot_status == "Rejected" and not self.ctx.accepted:
